@@ -1,0 +1,50 @@
+# Every target works on a fresh clone: the virtual environment is (re)built from pyproject.toml when missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HYDRA_FULL_ERROR ?= 1
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create or refresh .venv from pyproject.toml
+
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/pytest tests
+
+test-fast: $(STAMP) ## Run the tests that spawn no subprocess
+	$(BIN)/pytest tests -m "not slow"
+
+train: $(STAMP) ## Train with the defaults; pass Hydra overrides as ARGS="..."
+	$(BIN)/python src/train.py $(ARGS)
+
+eval: $(STAMP) ## Evaluate a checkpoint: ARGS="ckpt_path=..."
+	$(BIN)/python src/eval.py $(ARGS)
+
+smoke: $(STAMP) ## Train the offline smoke experiment end to end
+	$(BIN)/python src/train.py experiment=smoke $(ARGS)
+
+lint: $(STAMP) ## Lint and check formatting with ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean-logs: ## Delete logs/
+	rm -rf logs/
+
+.PHONY: help install test test-fast train eval smoke lint format clean-logs

@@ -1,0 +1,253 @@
+"""The Lightning data module: any ImageSource -> checked, patient-grouped split -> balanced DataLoaders."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler, get_worker_info
+
+from src.data.dataset import XrayDataset
+from src.data.image_io import ImageReadError
+from src.data.sources import RECORD_COLUMNS, ImageSource
+from src.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
+from src.data.transforms import XrayTransforms
+
+log = logging.getLogger(__name__)
+
+BALANCE_MODES = ("none", "undersample", "sampler", "loss_weights")
+BAD_IMAGE_MODES = ("error", "skip")
+SPLIT_FILENAME = "split.csv"
+
+
+class ChestXrayDataModule(LightningDataModule):
+    """Split once (seeded, by patient), check every image, and serve train/val/test/predict loaders."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        source: Callable[[str], ImageSource],
+        transforms: XrayTransforms,
+        image_size: int = 224,
+        class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+        fractions: Sequence[float] = (0.85, 0.074, 0.074),
+        seed: int = 42,
+        balance: str = "none",
+        batch_size: int = 32,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        on_bad_image: str = "error",
+        check_images: bool = True,
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
+        data_dir = str(data_dir)
+        class_names = tuple(str(name) for name in class_names)
+        fractions = tuple(float(fraction) for fraction in fractions)
+        output_dir = None if output_dir is None else str(output_dir)
+        _check_choice("balance", balance, BALANCE_MODES)
+        _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
+        self.save_hyperparameters(logger=False, ignore=["source", "transforms"])
+
+        self.source = source(data_dir)
+        self.transforms = transforms
+        self.eval_transform = transforms.eval
+        self.class_names = class_names
+        self.num_classes = len(class_names)
+        self.class_weights: torch.Tensor | None = None
+        self.records: pd.DataFrame | None = None
+        self.split_path: str | None = None
+        self.split_hash: str | None = None
+        self.data_train: XrayDataset | None = None
+        self.data_val: XrayDataset | None = None
+        self.data_test: XrayDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Download or generate the data (Lightning calls this on one process only)."""
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build records, split, image check and datasets once; later calls (fit, then test) reuse them."""
+        if self.records is not None:
+            return
+        records = self._validated_records(self.source.records())
+        bad = self._find_bad_images(records) if self.hparams.check_images else {}
+        good = records[~records["path"].isin(bad)]
+        split = self._split(good).assign(status="ok")
+        skipped = records[records["path"].isin(bad)].assign(status=lambda df: df["path"].map(bad))
+        self.records = pd.concat([split, skipped], ignore_index=True)
+        self._write_split()
+
+        train = self._balanced_train(split[split["split"] == "train"])
+        reader = self.source.read
+        self.transforms.train.set_random_seed(self.hparams.seed)
+        self.data_train = XrayDataset(train, reader, self.transforms.train)
+        self.data_val = XrayDataset(split[split["split"] == "val"], reader, self.eval_transform)
+        self.data_test = XrayDataset(split[split["split"] == "test"], reader, self.eval_transform)
+        log.info(
+            "Split sizes: train %d, val %d, test %d",
+            len(self.data_train),
+            len(self.data_val),
+            len(self.data_test),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, or drawn by a class-balancing sampler when balance='sampler'."""
+        sampler = self._balancing_sampler() if self.hparams.balance == "sampler" else None
+        return self._loader(self.data_train, shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction runs on the test split, with the shared eval transform."""
+        return self.test_dataloader()
+
+    def _validated_records(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Fail early on a source that breaks the records contract (columns, labels, splits, duplicates)."""
+        missing = [column for column in RECORD_COLUMNS if column not in records]
+        if missing:
+            raise ValueError(f"{type(self.source).__name__}.records() lacks column(s) {missing}")
+        if records.empty:
+            raise ValueError(f"{type(self.source).__name__} found no images in {self.hparams.data_dir}")
+        bad_labels = sorted(set(records["label"].astype(int)) - set(range(self.num_classes)))
+        if bad_labels:
+            raise ValueError(
+                f"labels {bad_labels} are outside 0..{self.num_classes - 1} for classes {self.class_names}"
+            )
+        bad_splits = sorted(set(records["split"]) - {"", *SPLITS})
+        if bad_splits:
+            raise ValueError(f"unknown split names {bad_splits}; expected {list(SPLITS)} or ''")
+        duplicated = records["path"][records["path"].duplicated()].tolist()
+        if duplicated:
+            raise ValueError(f"{len(duplicated)} image path(s) listed twice, e.g. {duplicated[:3]}")
+        return records.loc[:, list(RECORD_COLUMNS)].reset_index(drop=True)
+
+    def _find_bad_images(self, records: pd.DataFrame) -> dict[str, str]:
+        """Decode every image once (threads: decoding releases the GIL); return {path: reason} of failures."""
+        with ThreadPoolExecutor(max_workers=max(2, self.hparams.num_workers)) as pool:
+            reasons = dict(zip(records["path"], pool.map(self._read_problem, records["path"]), strict=True))
+        bad = {path: reason for path, reason in reasons.items() if reason is not None}
+        if bad and self.hparams.on_bad_image == "error":
+            listing = "\n".join(f"  {path}: {reason}" for path, reason in bad.items())
+            raise ValueError(
+                f"{len(bad)} of {len(records)} images cannot be read (data.on_bad_image=skip drops them):\n"
+                f"{listing}"
+            )
+        if bad:
+            log.warning(
+                "Skipping %d of %d unreadable images (listed in %s)", len(bad), len(records), SPLIT_FILENAME
+            )
+        return bad
+
+    def _read_problem(self, path: str) -> str | None:
+        """None when the image decodes, else why it does not."""
+        try:
+            self.source.read(path)
+        except ImageReadError as error:
+            return error.reason
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _split(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Use the source's split when it has one (carving out a missing val/test), else assign one."""
+        train_f, val_f, test_f = self.hparams.fractions
+        seed = self.hparams.seed
+        predefined = set(records["split"])
+        if predefined == {""}:
+            return assign_splits(records, (train_f, val_f, test_f), seed)
+        if "" in predefined or "train" not in predefined:
+            raise ValueError(
+                f"a predefined split must label every image and include 'train', got {sorted(predefined)}"
+            )
+        if "test" not in predefined:
+            records = carve_split(records, test_f / (train_f + val_f + test_f), seed, into="test")
+        if "val" not in predefined:
+            records = carve_split(records, val_f / (train_f + val_f), seed, into="val")
+        return records
+
+    def _write_split(self) -> None:
+        """Record the split (and skipped images) as split.csv in the run folder; its hash names the split."""
+        root = self.source.data_dir
+        if self.hparams.output_dir is None:
+            self.split_hash = hashlib.sha256(split_csv_bytes(self.records, root)).hexdigest()
+            return
+        self.split_path = str(Path(self.hparams.output_dir) / SPLIT_FILENAME)
+        self.split_hash = write_split_csv(self.records, self.split_path, root)
+
+    def _balanced_train(self, train: pd.DataFrame) -> pd.DataFrame:
+        """Apply 'undersample' or compute 'loss_weights'; the other modes leave the train rows as they are."""
+        counts = self._class_counts(train)
+        if self.hparams.balance == "undersample":
+            rng = np.random.default_rng(self.hparams.seed)
+            keep = [
+                rng.choice(group.index, size=counts.min(), replace=False)
+                for _, group in train.groupby("label")
+            ]
+            return train.loc[np.sort(np.concatenate(keep))]
+        if self.hparams.balance == "loss_weights":
+            inverse = 1.0 / counts.astype(np.float64)
+            self.class_weights = torch.tensor(inverse / inverse.mean(), dtype=torch.float32)
+        return train
+
+    def _class_counts(self, train: pd.DataFrame) -> np.ndarray:
+        """Train images per class; balancing needs every class present."""
+        counts = np.bincount(train["label"].to_numpy(dtype=np.int64), minlength=self.num_classes)
+        if self.hparams.balance != "none" and counts.min() == 0:
+            raise ValueError(
+                f"balance={self.hparams.balance!r} needs every class in train, got counts {counts.tolist()}"
+            )
+        return counts
+
+    def _balancing_sampler(self) -> WeightedRandomSampler:
+        """Draw train images with probability inversely proportional to their class frequency."""
+        labels = self.data_train.records["label"].to_numpy(dtype=np.int64)
+        weights = 1.0 / self._class_counts(self.data_train.records)[labels]
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return WeightedRandomSampler(
+            weights.tolist(), num_samples=len(labels), replacement=True, generator=generator
+        )
+
+    def _loader(
+        self, dataset: XrayDataset | None, shuffle: bool = False, sampler: Sampler | None = None
+    ) -> DataLoader:
+        """One place for the DataLoader options shared by every split."""
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a DataLoader")
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+            worker_init_fn=_seed_worker_transforms if workers > 0 else None,
+            drop_last=False,
+        )
+
+
+def _seed_worker_transforms(worker_id: int) -> None:
+    """Give each worker its own reproducible augmentation stream instead of forked copies of one."""
+    info = get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Reject typos in string options up front, listing what is allowed."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

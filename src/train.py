@@ -1,0 +1,86 @@
+"""Train a classifier: `python src/train.py experiment=resnet152_frozen` (any key overridable)."""
+
+import rootutils
+
+rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
+
+from typing import Any  # noqa: E402
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from lightning import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.loggers import Logger  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from src.utils import (  # noqa: E402
+    RankedLogger,
+    extras,
+    get_metric_value,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hyperparameters,
+    task_wrapper,
+)
+from src.utils.run_config import RunConfigInCheckpoint  # noqa: E402
+
+log = RankedLogger(__name__, rank_zero_only=True)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the model, then test the best checkpoint; return the metrics and the built objects."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info(f"Instantiating datamodule <{cfg.data._target_}>")
+    datamodule: LightningDataModule = hydra.utils.instantiate(cfg.data)
+
+    log.info(f"Instantiating model <{cfg.model._target_}>")
+    model: LightningModule = hydra.utils.instantiate(cfg.model)
+
+    callbacks: list[Callback] = [*instantiate_callbacks(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]
+    logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
+
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer: Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+    object_dict = {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "model": model,
+        "callbacks": callbacks,
+        "logger": logger,
+        "trainer": trainer,
+    }
+    if logger:
+        log.info("Logging hyperparameters!")
+        log_hyperparameters(object_dict)
+
+    if cfg.get("train"):
+        log.info("Starting training!")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    train_metrics = dict(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        log.info("Starting testing!")
+        ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not ckpt_path:
+            log.warning("Best ckpt not found! Using current weights for testing...")
+            ckpt_path = None
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        log.info(f"Best ckpt path: {ckpt_path}")
+    test_metrics = dict(trainer.callback_metrics)
+
+    return {**train_metrics, **test_metrics}, object_dict
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point: apply extras, train, and hand the optimised metric to a Hydra sweeper."""
+    extras(cfg)
+    metric_dict, _ = train(cfg)
+    return get_metric_value(metric_dict=metric_dict, metric_name=cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Rank-aware logging: in multi-process runs only rank zero speaks unless asked otherwise."""
+
+import logging
+from collections.abc import Mapping
+
+from lightning_utilities.core.rank_zero import rank_prefixed_message, rank_zero_only
+
+
+class RankedLogger(logging.LoggerAdapter):
+    """A logger that prefixes the process rank and logs on rank zero only by default."""
+
+    def __init__(
+        self, name: str = __name__, rank_zero_only: bool = True, extra: Mapping | None = None
+    ) -> None:
+        super().__init__(logger=logging.getLogger(name), extra=extra)
+        self.rank_zero_only = rank_zero_only
+
+    def log(self, level: int, msg: str, *args, rank: int | None = None, **kwargs) -> None:
+        """Log on rank zero (or on `rank`), prefixing the message with the rank."""
+        if not self.isEnabledFor(level):
+            return
+        msg, kwargs = self.process(msg, kwargs)
+        current_rank = getattr(rank_zero_only, "rank", 0)
+        msg = rank_prefixed_message(msg, current_rank)
+        if self.rank_zero_only and current_rank != 0:
+            return
+        if rank is None or current_rank == rank:
+            self.logger.log(level, msg, *args, **kwargs)

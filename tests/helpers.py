@@ -1,0 +1,37 @@
+"""Helpers for tests: compose configs as `@hydra.main` does, run entry points as a user would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+KERMANY = SHARED_DATA / "chest_xray_kermany224"
+FULL_RESOLUTION = SHARED_DATA / "full_resolution_unlabelled"
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose a config the way `@hydra.main` would, including the `hydra` node."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        return compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
+
+
+def run_entry_point(script: str, overrides: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python src/<script> <overrides>` from the project root and capture its output."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    env.pop("WANDB_API_KEY", None)
+    command = [sys.executable, str(ROOT / "src" / script), *overrides]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    """Fail with the subprocess's own output, which is what explains the failure."""
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-4000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+    )
