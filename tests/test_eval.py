@@ -45,5 +45,5 @@ def test_load_run_config_rejects_foreign_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(KeyError, match=r"data=chest_xray"):
         load_run_config(path)
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
         load_run_config(tmp_path / "missing.ckpt")
