@@ -23,9 +23,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-@pytest.fixture
-def cfg_train(tmp_path: Path, data_dir: Path) -> DictConfig:
-    """The smoke experiment, writing into this test's own folder."""
+def smoke_config(output_dir: Path, data_dir: Path) -> DictConfig:
+    """The smoke experiment writing into `output_dir`, quiet, with the shared synthetic data folder."""
     cfg = compose_config(
         "train.yaml",
         [
@@ -36,12 +35,39 @@ def cfg_train(tmp_path: Path, data_dir: Path) -> DictConfig:
         ],
     )
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path)
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
         cfg.paths.data_dir = str(data_dir)
         cfg.extras.enforce_tags = False
-    yield cfg
+    return cfg
+
+
+@pytest.fixture
+def cfg_train(tmp_path: Path, data_dir: Path) -> DictConfig:
+    """The smoke experiment, writing into this test's own folder."""
+    yield smoke_config(tmp_path, data_dir)
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """One trained smoke run shared by the inference tests; returns its run directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.train import train
+
+    run_dir = tmp_path_factory.mktemp("smoke_run")
+    cfg = smoke_config(run_dir, data_dir)
+    HydraConfig().set_config(cfg)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_checkpoint(smoke_run: Path) -> Path:
+    """The best checkpoint of the shared smoke run."""
+    return next((smoke_run / "checkpoints").glob("epoch_*.ckpt"))
 
 
 @pytest.fixture

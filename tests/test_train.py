@@ -1,9 +1,11 @@
 """Training end to end on the offline smoke experiment: fast_dev_run, learning, resume, frozen backbone."""
 
+import hashlib
 from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
@@ -37,6 +39,11 @@ def test_smoke_learns_and_saves_loadable_checkpoints(cfg_train):
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     assert checkpoint["run_config"]["model"]["backbone"] == "resnet18"
     assert checkpoint["hyper_parameters"]["weights"] is None
+    # the split is written to the run directory and its hash logged with the run's hyper-parameters
+    split_csv = Path(cfg_train.paths.output_dir, "split.csv")
+    logged = yaml.safe_load(next(Path(cfg_train.paths.output_dir).glob("csv/**/hparams.yaml")).read_text())
+    assert logged["data/split_sha256"] == hashlib.sha256(split_csv.read_bytes()).hexdigest()
+    assert logged["params/trainable"] < logged["params/total"]
 
 
 def test_frozen_backbone_unchanged_by_training(cfg_train):

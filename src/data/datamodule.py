@@ -86,6 +86,7 @@ class ChestXrayDataModule(LightningDataModule):
         skipped = records[records["path"].isin(bad)].assign(status=lambda df: df["path"].map(bad))
         self.records = pd.concat([split, skipped], ignore_index=True)
         self._write_split()
+        self._log_split()
 
         train = self._balanced_train(split[split["split"] == "train"])
         reader = self.source.read
@@ -182,11 +183,23 @@ class ChestXrayDataModule(LightningDataModule):
     def _write_split(self) -> None:
         """Record the split (and skipped images) as split.csv in the run folder; its hash names the split."""
         root = self.source.data_dir
-        if self.hparams.output_dir is None:
+        is_global_zero = self.trainer is None or self.trainer.is_global_zero
+        if self.hparams.output_dir is None or not is_global_zero:
             self.split_hash = hashlib.sha256(split_csv_bytes(self.records, root)).hexdigest()
             return
         self.split_path = str(Path(self.hparams.output_dir) / SPLIT_FILENAME)
         self.split_hash = write_split_csv(self.records, self.split_path, root)
+
+    def _log_split(self) -> None:
+        """Send the split's hash and sizes to the run's loggers, so a run names the exact data it saw."""
+        if self.trainer is None:
+            return
+        counts = self.records.groupby(["split", "status"]).size()
+        summary = {f"data/n_{split}": int(n) for (split, status), n in counts.items() if status == "ok"}
+        summary["data/n_skipped"] = int((self.records["status"] != "ok").sum())
+        summary["data/split_sha256"] = self.split_hash
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(summary)
 
     def _balanced_train(self, train: pd.DataFrame) -> pd.DataFrame:
         """Apply 'undersample' or compute 'loss_weights'; the other modes leave the train rows as they are."""

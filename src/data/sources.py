@@ -316,9 +316,10 @@ def synthetic_image(
     )
     blob = None
     if with_blob:
-        radius = float(rng.uniform(0.10, 0.16) * size)
+        # radius: where the blob has fallen to 10% of its peak, i.e. its visible edge (sigma = radius / 2.15)
+        radius = float(rng.uniform(0.14, 0.22) * size)
         cx, cy = (float(v) for v in rng.uniform(radius, size - 1 - radius, size=2))
         yy, xx = np.mgrid[0:size, 0:size]
-        image += 110.0 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * (radius / 1.5) ** 2))
+        image += 110.0 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * (radius / 2.15) ** 2))
         blob = (cx, cy, radius)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), blob

@@ -118,7 +118,10 @@ class BaseCAM:
     ) -> torch.Tensor:
         """B x H x W maps at `output_size` (default: the input's size), for the predicted class by default."""
         raw, _, _ = self.raw_maps(images, target_class)
-        size = output_size if output_size is not None else images.shape[-2:]
+        return self.finish(raw, output_size if output_size is not None else images.shape[-2:])
+
+    def finish(self, raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Upsample raw maps to `size` with this CAM's ReLU / normalisation options."""
         return postprocess(raw, size, self.upsample_mode, self.relu, self.normalize)
 
     @staticmethod

@@ -10,6 +10,7 @@ from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection, MinMetric
 
+from src.models.inference import InferenceMixin
 from src.models.metrics import build_metrics, metric_scores
 from src.models.net import ChestXrayNet
 
@@ -30,7 +31,7 @@ def _images(batch: Batch | torch.Tensor) -> torch.Tensor:
     return batch[0] if isinstance(batch, tuple | list) else batch
 
 
-class PneumoniaClassifier(LightningModule):
+class PneumoniaClassifier(InferenceMixin, LightningModule):
     """Pneumonia-vs-normal classifier: NLL loss on log-probs, per-stage metrics, best-monitor tracking."""
 
     def __init__(

@@ -12,11 +12,10 @@ log = RankedLogger(__name__, rank_zero_only=True)
 
 @rank_zero_only
 def log_hyperparameters(object_dict: dict[str, Any]) -> None:
-    """Log the composed config, parameter counts and the data split's hash, so every run is traceable."""
+    """Log the composed config and parameter counts (the data module adds its split hash at setup)."""
     cfg = plain_config(object_dict["cfg"])
     trainer = object_dict["trainer"]
     model = object_dict["model"]
-    datamodule = object_dict.get("datamodule")
     if not trainer.logger:
         log.warning("Logger not found! Skipping hyperparameter logging...")
         return
@@ -24,9 +23,6 @@ def log_hyperparameters(object_dict: dict[str, Any]) -> None:
     hparams = {key: cfg.get(key) for key in ("model", "data", "trainer", "callbacks", "extras")}
     hparams.update({key: cfg.get(key) for key in ("task_name", "tags", "ckpt_path", "seed", "monitor")})
     hparams.update(model.parameter_counts())
-    split_hash = getattr(datamodule, "split_hash", None)
-    if split_hash:
-        hparams["data/split_sha256"] = split_hash
 
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)

@@ -1,0 +1,1 @@
+"""Project callbacks (Lightning's own are configured directly in configs/callbacks)."""

@@ -1,0 +1,91 @@
+"""The Python API for clinicians' tools: load a checkpoint, predict one image, explain it with a CAM."""
+
+import os
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from src.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
+from src.models.cam import build_cam
+from src.utils.run_config import load_run_config
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class InferenceMixin:
+    """`load_pretrained`, `predict` and `generate_cam` for a LightningModule that holds a `net`."""
+
+    preprocessor: ImagePreprocessor
+    class_names: tuple[str, ...]
+    threshold: float = DEFAULT_THRESHOLD
+
+    @classmethod
+    def load_pretrained(cls, ckpt_path: str | os.PathLike, map_location: str = "cpu") -> Self:
+        """Model, class names and the eval transform it was trained with, all from one checkpoint."""
+        run_config = load_run_config(ckpt_path)
+        # the checkpoint's weights replace the backbone's: never download ImageNet weights here
+        model = cls.load_from_checkpoint(
+            ckpt_path, map_location=map_location, weights_only=True, weights=None
+        )
+        model.attach_preprocessing(run_config.data)
+        return model.eval()
+
+    def attach_preprocessing(self, data_cfg: DictConfig) -> None:
+        """Use the data config's eval transform and class names for single-image calls."""
+        self.preprocessor = ImagePreprocessor.from_data_config(data_cfg)
+        self.class_names = tuple(data_cfg.class_names)
+
+    def prepare(self, image: ImageInput | PreparedImage) -> PreparedImage:
+        """Read and transform an input unless it already is prepared."""
+        return image if isinstance(image, PreparedImage) else self.preprocessor.prepare(image)
+
+    @torch.no_grad()
+    def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B x classes) for a batch of model-ready tensors, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(batch.to(self.device)).exp().cpu()
+        finally:
+            self.train(was_training)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Predicted class per row: P(positive) >= threshold for two classes, else the most probable."""
+        if probs.shape[1] == 2:
+            return (probs[:, 1] >= self.threshold).long()
+        return probs.argmax(dim=1)
+
+    def predict(self, image: ImageInput | PreparedImage) -> tuple[str, float]:
+        """(label, confidence) for one image path or HxW uint8 array; confidence is P(label)."""
+        probs = self.predict_proba(self.prepare(image).tensor[None])
+        label = int(self.decide(probs)[0])
+        return self.class_names[label], float(probs[0, label])
+
+    def explain(
+        self,
+        images: Sequence[ImageInput | PreparedImage],
+        target_class: int | Sequence[int] | torch.Tensor | None = None,
+        method: str = "cam",
+        **cam_options,
+    ) -> list[np.ndarray]:
+        """One [0, 1] map per image at its ORIGINAL size, for the predicted class unless one is given."""
+        prepared = [self.prepare(image) for image in images]
+        batch = torch.stack([p.tensor for p in prepared]).to(self.device)
+        if target_class is None:
+            target_class = self.decide(self.predict_proba(batch))
+        cam = build_cam(method, self.net, **cam_options)
+        raw, _, _ = cam.raw_maps(batch, target_class)
+        return [cam.finish(raw[i : i + 1], p.original_size)[0].cpu().numpy() for i, p in enumerate(prepared)]
+
+    def generate_cam(
+        self,
+        image: ImageInput | PreparedImage,
+        target_class: int | None = None,
+        method: str = "cam",
+        **cam_options,
+    ) -> np.ndarray:
+        """H x W map in [0, 1] at the original image's size (see `explain`)."""
+        return self.explain([image], target_class, method, **cam_options)[0]

@@ -1,0 +1,39 @@
+"""Shared by predict.py and visualize.py: load a model from a checkpoint, write captioned overlays."""
+
+from pathlib import Path
+
+import cv2
+import hydra
+from omegaconf import DictConfig
+
+from src.models.batch_inference import Prediction
+from src.models.inference import InferenceMixin
+from src.utils.overlay import caption, overlay_cam
+from src.utils.run_config import load_run_config
+
+
+def load_model(ckpt_path: str, threshold: float | None = None) -> InferenceMixin:
+    """The checkpoint's own model class, ready for inference, with an optional threshold override."""
+    model_cls = hydra.utils.get_class(load_run_config(ckpt_path).model._target_)
+    model = model_cls.load_pretrained(ckpt_path)
+    if threshold is not None:
+        model.threshold = float(threshold)
+    return model
+
+
+def cam_arguments(cam_cfg: DictConfig, enabled: bool = True) -> dict:
+    """predict_paths' CAM keyword arguments from the `cam` config group (none when CAMs are off)."""
+    if not enabled:
+        return {}
+    options = {"target_layer": cam_cfg.target_layer, "upsample_mode": cam_cfg.upsample_mode}
+    return {"cam_method": cam_cfg.method, "cam_options": options, "cam_target": cam_cfg.target_class}
+
+
+def write_overlay(prediction: Prediction, index: int, out_dir: Path, cam_cfg: DictConfig) -> Path:
+    """Save the CAM over the original grey image at its own resolution, captioned with label and P."""
+    image = overlay_cam(prediction.original, prediction.cam, cam_cfg.alpha, cam_cfg.colormap)
+    text = f"{prediction.label}  p={prediction.probability:.2f}  ({cam_cfg.method})"
+    path = out_dir / f"{index:04d}_{Path(prediction.path).stem}.png"
+    if not cv2.imwrite(str(path), caption(image, text)):
+        raise OSError(f"Could not write overlay {path}")
+    return path

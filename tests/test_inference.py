@@ -1,0 +1,144 @@
+"""The Python API and the predict / visualize commands, on a trained smoke checkpoint."""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import hydra
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import FULL_RESOLUTION, KERMANY, assert_ok, run_entry_point
+
+from src.data.preprocessor import ImagePreprocessor
+from src.models.classifier import PneumoniaClassifier
+from src.utils.run_config import load_run_config
+
+QUIET = ["extras.print_config=false"]
+
+
+@pytest.fixture(scope="module")
+def model(smoke_checkpoint: Path) -> PneumoniaClassifier:
+    """The smoke model, loaded as a user would."""
+    return PneumoniaClassifier.load_pretrained(smoke_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def test_split(smoke_run: Path) -> pd.DataFrame:
+    """The smoke run's test rows, with absolute paths."""
+    split = pd.read_csv(smoke_run / "split.csv")
+    root = Path(load_run_config(next((smoke_run / "checkpoints").glob("*.ckpt"))).data.data_dir)
+    split["path"] = [str(next(root.glob(f"synthetic_*/{p}"))) for p in split["path"]]
+    return split[split["split"] == "test"]
+
+
+def test_preprocessor_is_the_data_modules_eval_transform(smoke_checkpoint, smoke_run, test_split):
+    """process(path) gives exactly the tensor the test loader fed the model during training."""
+    cfg = load_run_config(smoke_checkpoint)
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=None)
+    datamodule.setup("test")
+    preprocessor = ImagePreprocessor.from_data_config(cfg.data)
+    for index in range(3):
+        path = datamodule.data_test.records["path"].iloc[index]
+        torch.testing.assert_close(preprocessor.process(path), datamodule.data_test[index][0], rtol=0, atol=0)
+
+
+def test_predict_matches_model_probabilities(model, test_split):
+    """predict() returns the class name and P(class) that the network computes for that image."""
+    correct = 0
+    for _, row in test_split.head(8).iterrows():
+        label, confidence = model.predict(row["path"])
+        probs = model(model.preprocessor.process(row["path"])[None]).exp()[0]
+        expected = int(probs[1] >= 0.5)
+        assert label == model.class_names[expected]
+        assert confidence == pytest.approx(float(probs[expected]), abs=1e-6)
+        assert 0.5 <= confidence <= 1.0
+        correct += expected == row["label"]
+    assert correct >= 7  # the smoke model has learnt the blob
+
+
+def test_generate_cam_at_original_resolution(model, test_split, tmp_path):
+    """A map in [0, 1] the size of the original image, whatever the model's input size."""
+    path = test_split["path"].iloc[0]
+    cam = model.generate_cam(path)
+    assert cam.shape == cv2.imread(path, cv2.IMREAD_GRAYSCALE).shape
+    assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    big = cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (300, 200))
+    assert model.generate_cam(big, target_class=0).shape == (200, 300)
+    assert model.generate_cam(big, method="gradcam").shape == (200, 300)
+
+
+@pytest.mark.slow
+def test_predict_cli_lists_every_input_and_writes_overlays(smoke_checkpoint, test_split, model, tmp_path):
+    """A folder with a broken file: every file gets a row, the broken one its error; one overlay per image."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for path in test_split["path"].head(5):
+        shutil.copy(path, inputs)
+    (inputs / "broken.png").write_bytes(b"not an image")
+    result = run_entry_point(
+        "predict.py",
+        [
+            f"ckpt_path={smoke_checkpoint}",
+            f"input={inputs}",
+            f"output={tmp_path / 'predictions.csv'}",
+            f"cam_dir={tmp_path / 'cams'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *QUIET,
+        ],
+    )
+    assert_ok(result)
+    table = pd.read_csv(tmp_path / "predictions.csv", keep_default_na=False)
+    assert list(table.columns) == ["path", "prediction", "probability", "threshold", "error"]
+    assert len(table) == 6
+    broken = table[table["path"].str.endswith("broken.png")].iloc[0]
+    assert "cannot be decoded" in broken["error"] and broken["prediction"] == ""
+    for _, row in table[table["error"] == ""].iterrows():
+        probs = model(model.preprocessor.process(row["path"])[None]).exp()[0]
+        assert float(row["probability"]) == pytest.approx(float(probs[1]), abs=1e-5)
+        assert row["prediction"] == model.class_names[int(probs[1] >= 0.5)]
+    assert (table["threshold"] == 0.5).all()
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_visualize_cli_on_real_images(smoke_checkpoint, tmp_path):
+    """One overlay per real image, at the original resolution (full-size PNGs too), plus a grid."""
+    if not KERMANY.is_dir() or not FULL_RESOLUTION.is_dir():
+        pytest.skip("../shared/data is not available")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    real = (
+        sorted((KERMANY / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+        + sorted(FULL_RESOLUTION.glob("*.png"))[:2]
+    )
+    for path in real:
+        (inputs / path.name).symlink_to(path)
+    result = run_entry_point(
+        "visualize.py",
+        [
+            f"ckpt_path={smoke_checkpoint}",
+            f"input={inputs}",
+            f"output_dir={tmp_path / 'overlays'}",
+            "cam.method=gradcam",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *QUIET,
+        ],
+    )
+    assert_ok(result)
+    overlays = sorted((tmp_path / "overlays").glob("0*.png"))
+    assert len(overlays) == len(real)
+    for source, overlay in zip(sorted(real, key=lambda p: p.name), overlays, strict=True):
+        original = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+        written = cv2.imread(str(overlay))
+        assert written.shape[:2] == original.shape[:2]
+        assert (
+            np.abs(
+                written.astype(int)
+                - cv2.cvtColor(cv2.imread(str(source), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR).astype(int)
+            ).mean()
+            > 1
+        )  # the heat map is really drawn
+    assert cv2.imread(str(tmp_path / "overlays" / "grid.png")) is not None
