@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.data.image_io import read_grayscale
+from src.utils.run_config import load_run_config
 
 ImageInput = str | os.PathLike | np.ndarray
 
@@ -40,6 +41,11 @@ class ImagePreprocessor:
     def from_data_config(cls, data_cfg: DictConfig) -> "ImagePreprocessor":
         """Build the eval transform declared in a data config (e.g. the one stored in a checkpoint)."""
         return cls(hydra.utils.instantiate(data_cfg.transforms).eval)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path: str | os.PathLike) -> "ImagePreprocessor":
+        """The eval transform a checkpoint was trained with (read from its stored run config)."""
+        return cls.from_data_config(load_run_config(ckpt_path).data)
 
     def prepare(self, image: ImageInput) -> PreparedImage:
         """Read a path (or take an HxW uint8 array) and transform it, keeping the original."""

@@ -1,0 +1,1 @@
+"""Statistics for judging classifiers: metrics, bootstrap CIs, significance tests, calibration and plots."""
