@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the test split: `python src/eval.py ckpt_path=...` writes metrics.json."""
+"""Evaluate a checkpoint on the test split: `python src/eval.py ckpt_path=...` -> metrics, plots, report."""
 
 import rootutils
 
@@ -14,40 +14,32 @@ from lightning import LightningDataModule, LightningModule, Trainer  # noqa: E40
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from src.utils import (  # noqa: E402
-    RankedLogger,
-    extras,
-    instantiate_loggers,
-    log_hyperparameters,
-    task_wrapper,
-)
+from src.evaluation import pipeline  # noqa: E402
+from src.evaluation.operating_point import json_ready, save_operating_point  # noqa: E402
+from src.evaluation.publish import publish  # noqa: E402
+from src.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
 from src.utils.run_config import load_run_config  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
 
 def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
-    """Use the data config given on the command line, else the one the checkpoint was trained with."""
+    """The data config given on the command line (else the checkpoint's), with the checkpoint's transforms.
+
+    Images of any other data set must be pre-processed exactly as in training, so `image_size` and
+    `transforms` always come from the checkpoint.
+    """
     data_cfg = cfg.data if cfg.get("data") else train_cfg.data
     with open_dict(data_cfg):
         data_cfg.output_dir = cfg.paths.output_dir
+        data_cfg.image_size = train_cfg.data.image_size
+        data_cfg.transforms = train_cfg.data.transforms
     return data_cfg
-
-
-def write_metrics(metrics: dict[str, Any], cfg: DictConfig) -> Path:
-    """Write the test metrics with the checkpoint they came from, as JSON in the run directory."""
-    path = Path(cfg.paths.output_dir, cfg.metrics_file)
-    payload = {
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    return path
 
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Rebuild the data pipeline and model from the checkpoint, test it and save the metrics."""
+    """Test the checkpoint, then choose the operating point on val and report test metrics with CIs."""
     train_cfg = load_run_config(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -55,27 +47,59 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     data_cfg = resolve_data_config(cfg, train_cfg)
     log.info(f"Instantiating datamodule <{data_cfg._target_}>")
     datamodule: LightningDataModule = hydra.utils.instantiate(data_cfg)
-
     model_cls = hydra.utils.get_class(train_cfg.model._target_)
     log.info(f"Loading model <{model_cls.__name__}> from {cfg.ckpt_path}")
     # the checkpoint's weights replace the backbone's, so skip any ImageNet download
     model: LightningModule = model_cls.load_from_checkpoint(
         cfg.ckpt_path, map_location="cpu", weights_only=True, weights=None
     )
-
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger)
-
     object_dict = {"cfg": cfg, "datamodule": datamodule, "model": model, "logger": logger, "trainer": trainer}
     if logger:
-        log.info("Logging hyperparameters!")
         log_hyperparameters(object_dict)
 
     log.info("Starting testing!")
     trainer.test(model=model, datamodule=datamodule)
-    metrics = dict(trainer.callback_metrics)
-    log.info(f"Metrics written to {write_metrics(metrics, cfg)}")
-    return metrics, object_dict
+    lightning_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    val = (
+        datamodule.val_dataloader() if datamodule.data_val is not None and len(datamodule.data_val) else None
+    )
+    val_predictions = pipeline.collect_predictions(trainer, model, val) if val is not None else None
+    test_predictions = pipeline.collect_predictions(trainer, model, datamodule.test_dataloader())
+    point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
+    log.info(f"Operating point: threshold {point['threshold']:.4f} ({point['method']})")
+
+    out_dir = Path(cfg.paths.output_dir)
+    class_names = list(datamodule.class_names)
+    table = pipeline.predictions_table(test_predictions, point, class_names)
+    table.to_csv(out_dir / "predictions.csv", index=False)
+    summary = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "split": "test",
+        "n": len(table),
+        "n_per_class": {name: int((table["label"] == i).sum()) for i, name in enumerate(class_names)},
+        "operating_point": point,
+        "calibration": pipeline.calibration_summary(test_predictions, point["temperature"]),
+        **pipeline.evaluate_split(test_predictions, point, cfg.bootstrap),
+        "confidence": cfg.bootstrap.confidence,
+        "n_resamples": cfg.bootstrap.n_resamples,
+        "lightning_test_metrics": lightning_metrics,
+    }
+    plots = pipeline.write_plots(table, point["threshold"], class_names, out_dir)
+    report = pipeline.write_report(summary, plots, out_dir)
+    metrics_path = out_dir / cfg.metrics_file
+    metrics_path.write_text(json.dumps(json_ready(summary), indent=2, sort_keys=True))
+    chosen_now = (
+        cfg.operating_point.method in {"youden", "sensitivity"} or cfg.operating_point.temperature is True
+    )
+    if cfg.operating_point.save and chosen_now:
+        sidecar = save_operating_point(point, cfg.ckpt_path, summary["ckpt_path"])
+        log.info(f"Operating point saved to {sidecar} (predict.py and eval on other data reuse it)")
+    publish(summary, plots, table, trainer.loggers, class_names, cfg.wandb_table_rows)
+    log.info(f"Metrics: {metrics_path}; report: {report}")
+    return summary, object_dict
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval.yaml")

@@ -22,6 +22,7 @@ from src.utils import (  # noqa: E402
     task_wrapper,
 )
 from src.utils.run_config import RunConfigInCheckpoint  # noqa: E402
+from src.utils.training_curves import write_training_curves  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
@@ -59,6 +60,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("train"):
         log.info("Starting training!")
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        write_training_curves(trainer, cfg.monitor.metric, cfg.paths.output_dir)
     train_metrics = dict(trainer.callback_metrics)
 
     if cfg.get("test"):

@@ -1,49 +1,157 @@
-"""Evaluation rebuilds the pipeline from the checkpoint and reproduces the training run's test metrics."""
+"""eval.py: rebuilds the pipeline from the checkpoint, reproduces training's test metrics, reports with CIs."""
 
 import json
+import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
+import pandas as pd
 import pytest
+import torch
+from helpers import KERMANY, assert_ok, run_entry_point
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from src.eval import evaluate
+from src.evaluation.pipeline import SplitPredictions, choose_operating_point
+from src.models.classifier import PneumoniaClassifier
 from src.train import train
 from src.utils.run_config import load_run_config
 
+QUIET = ["extras.print_config=false", "trainer.enable_progress_bar=false"]
+
+
+def run_eval(cfg_eval, ckpt: str, **operating_point):
+    """Evaluate `ckpt` with the given operating-point options."""
+    with open_dict(cfg_eval):
+        cfg_eval.ckpt_path = ckpt
+        cfg_eval.bootstrap.n_resamples = 200
+        cfg_eval.operating_point.update(operating_point)
+    HydraConfig().set_config(cfg_eval)
+    return evaluate(cfg_eval)
+
 
 def test_train_eval_round_trip(cfg_train, cfg_eval):
-    """Eval of the best checkpoint gives exactly the test metrics that training reported, and saves them."""
+    """Eval of the best checkpoint reproduces training's test metrics and writes every artefact."""
     with open_dict(cfg_train):
         cfg_train.trainer.max_epochs = 2
     HydraConfig().set_config(cfg_train)
     train_metrics, objects = train(cfg_train)
     best = objects["trainer"].checkpoint_callback.best_model_path
+    assert (Path(cfg_train.paths.output_dir) / "training_curves.png").stat().st_size > 1000
+
+    summary, _ = run_eval(cfg_eval, best)
+    out = Path(cfg_eval.paths.output_dir)
+    lightning = summary["lightning_test_metrics"]
+    for key in [k for k in train_metrics if k.startswith("test/")]:
+        assert lightning[key] == pytest.approx(train_metrics[key].item(), abs=1e-6), key
+    # the bootstrap report agrees with the Lightning metrics at threshold 0.5
+    metrics = summary["metrics"]
+    assert metrics["accuracy"]["value"] == pytest.approx(lightning["test/acc"], abs=1e-6)
+    assert metrics["sensitivity"]["value"] == pytest.approx(lightning["test/recall"], abs=1e-6)
+    assert metrics["specificity"]["value"] == pytest.approx(lightning["test/specificity"], abs=1e-6)
+    assert metrics["auroc"]["value"] == pytest.approx(lightning["test/auroc"], abs=1e-5)
+    defined = [name for name, m in metrics.items() if "low" in m and np.isfinite(m["value"])]
+    assert {"accuracy", "auroc", "brier", "ece"} <= set(defined)
+    for name in defined:  # MCC/kappa/precision are undefined (NaN) when a 2-epoch model predicts one class
+        assert metrics[name]["low"] <= metrics[name]["value"] <= metrics[name]["high"], name
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["ckpt_path"] == str(Path(best).resolve())
+    assert saved["operating_point"]["threshold"] == 0.5
+    assert saved["n_per_class"] == {"NORMAL": 12, "PNEUMONIA": 12}
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns[:6]) == [
+        "path",
+        "label",
+        "patient_id",
+        "probability",
+        "prediction",
+        "threshold",
+    ]
+    assert len(predictions) == saved["n"] == 24
+    assert ((predictions["probability"] >= 0.5).astype(int) == predictions["prediction"]).all()
+    for plot in ("confusion_matrix", "roc", "precision_recall", "reliability"):
+        image = cv2.imread(str(out / f"{plot}.png"))
+        assert image is not None and image.std() > 0, plot
+        assert f"({plot}.png)" in (out / "report.md").read_text()
+    # the eval split is written to the eval run directory, not over the training run's
+    assert (out / "split.csv").is_file()
+
+
+def test_operating_point_is_chosen_on_validation_only():
+    """Youden / target-sensitivity thresholds depend on the validation predictions, never on test's."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    prob = np.clip(labels * 0.3 + rng.uniform(0, 0.7, 400), 1e-4, 1 - 1e-4)
+    log_probs = np.log(np.stack([1 - prob, prob], axis=1))
+    val = SplitPredictions(pd.DataFrame({"label": labels}), log_probs)
+    cfg = {"method": "sensitivity", "threshold": 0.5, "target_sensitivity": 0.95, "temperature": False}
+    point = choose_operating_point(OmegaConf.create(cfg), val, "unused.ckpt")
+    val_prob = val.probs()[:, 1]
+    assert (val_prob[labels == 1] >= point["threshold"]).mean() >= 0.95
+    assert point["chosen_on"] == "validation split"
+    shifted = SplitPredictions(val.records, np.log(np.stack([1 - prob**2, prob**2], axis=1)))
+    assert choose_operating_point(OmegaConf.create(cfg), shifted, "x")["threshold"] != point["threshold"]
+    with pytest.raises(ValueError, match="validation split"):
+        choose_operating_point(OmegaConf.create(cfg), None, "x")
+
+
+def test_chosen_threshold_and_temperature_are_reused(smoke_checkpoint, cfg_eval, tmp_path):
+    """eval with youden + temperature saves them next to the checkpoint; predict and later evals reuse them."""
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(smoke_checkpoint, ckpt)
+    summary, _ = run_eval(cfg_eval, str(ckpt), method="youden", temperature=True)
+    point = summary["operating_point"]
+    sidecar = json.loads(ckpt.with_suffix(".operating_point.json").read_text())
+    assert sidecar["threshold"] == pytest.approx(point["threshold"])
+    assert sidecar["temperature"] == pytest.approx(point["temperature"])
+    assert summary["calibration"]["nll_after"] <= summary["calibration"]["nll_before"] + 1e-9
+
+    model = PneumoniaClassifier.load_pretrained(ckpt)
+    assert model.threshold == pytest.approx(point["threshold"])
+    assert model.temperature == pytest.approx(point["temperature"])
 
     with open_dict(cfg_eval):
-        cfg_eval.ckpt_path = best
-    HydraConfig().set_config(cfg_eval)
-    eval_metrics, _ = evaluate(cfg_eval)
-
-    test_keys = [k for k in train_metrics if k.startswith("test/")]
-    assert {"test/acc", "test/auroc", "test/loss", "test/specificity"} <= set(test_keys)
-    for key in test_keys:
-        assert eval_metrics[key].item() == pytest.approx(train_metrics[key].item(), abs=1e-6), key
-
-    saved = json.loads(Path(cfg_eval.paths.output_dir, "metrics.json").read_text())
-    assert saved["ckpt_path"] == str(Path(best).resolve())
-    assert saved["metrics"]["test/acc"] == pytest.approx(train_metrics["test/acc"].item(), abs=1e-6)
-    # the eval split is written to the eval run directory, not over the training run's
-    assert Path(cfg_eval.paths.output_dir, "split.csv").is_file()
+        cfg_eval.paths.output_dir = str(tmp_path / "again")
+    Path(cfg_eval.paths.output_dir).mkdir()
+    again, _ = run_eval(cfg_eval, str(ckpt), method="stored", temperature=False)
+    assert again["operating_point"]["threshold"] == pytest.approx(point["threshold"])
 
 
-def test_load_run_config_rejects_foreign_checkpoint(tmp_path):
-    """A checkpoint not written by train.py gets an actionable error instead of a KeyError deep inside."""
-    import torch
-
-    path = tmp_path / "foreign.ckpt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(KeyError, match=r"data=chest_xray"):
-        load_run_config(path)
-    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
-        load_run_config(tmp_path / "missing.ckpt")
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_eval_on_external_manifest_of_real_images(smoke_checkpoint, tmp_path):
+    """External validation: a CSV manifest of real images, all of it as test, with a given threshold."""
+    if not KERMANY.is_dir():
+        pytest.skip("../shared/data is not available")
+    rows = [
+        (str(path), label)
+        for label in ("NORMAL", "PNEUMONIA")
+        for path in sorted((KERMANY / "test" / label).glob("*.jpeg"))[:20]
+    ]
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp_path / "manifest.csv", index=False)
+    result = run_entry_point(
+        "eval.py",
+        [
+            f"ckpt_path={smoke_checkpoint}",
+            "data=manifest",
+            f"data.data_dir={tmp_path}",
+            "data.fractions=[0,0,1]",
+            "operating_point.threshold=0.7",
+            "bootstrap.n_resamples=100",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *QUIET,
+        ],
+    )
+    assert_ok(result)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["n"] == 40 and saved["n_per_class"] == {"NORMAL": 20, "PNEUMONIA": 20}
+    assert saved["operating_point"]["threshold"] == 0.7
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert set(predictions["path"]) == {path for path, _ in rows}
+    # the checkpoint's own pre-processing (64 px for the smoke model) was used, not the manifest default's
+    assert load_run_config(smoke_checkpoint).data.image_size == 64
+    assert saved["resampled_by"] == "patient"
+    assert torch.isfinite(torch.tensor(saved["metrics"]["accuracy"]["value"]))

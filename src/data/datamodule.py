@@ -19,6 +19,7 @@ from src.data.image_io import ImageReadError
 from src.data.sources import RECORD_COLUMNS, ImageSource
 from src.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
 from src.data.transforms import XrayTransforms
+from src.data.folds import assign_folds
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class ChestXrayDataModule(LightningDataModule):
         on_bad_image: str = "error",
         check_images: bool = True,
         output_dir: str | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__()
         # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
@@ -56,6 +59,8 @@ class ChestXrayDataModule(LightningDataModule):
         output_dir = None if output_dir is None else str(output_dir)
         _check_choice("balance", balance, BALANCE_MODES)
         _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise ValueError(f"cross-validation needs folds >= 2 and 0 <= fold < folds, got {folds=} {fold=}")
         self.save_hyperparameters(logger=False, ignore=["source", "transforms"])
 
         self.source = source(data_dir)
@@ -167,6 +172,8 @@ class ChestXrayDataModule(LightningDataModule):
         """Use the source's split when it has one (carving out a missing val/test), else assign one."""
         train_f, val_f, test_f = self.hparams.fractions
         seed = self.hparams.seed
+        if self.hparams.folds is not None:
+            return self._fold_split(records)
         predefined = set(records["split"])
         if predefined == {""}:
             return assign_splits(records, (train_f, val_f, test_f), seed)
@@ -179,6 +186,17 @@ class ChestXrayDataModule(LightningDataModule):
         if "val" not in predefined:
             records = carve_split(records, val_f / (train_f + val_f), seed, into="val")
         return records
+
+    def _fold_split(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Cross-validation: fold `fold` of the non-test images is the test split, val is carved by patient.
+
+        A predefined test split (e.g. Kermany's test/) is left out entirely, so CV never touches it.
+        """
+        train_f, val_f, _ = self.hparams.fractions
+        pool = records[records["split"] != "test"].copy()
+        fold_ids = assign_folds(pool, self.hparams.folds, self.hparams.seed)
+        pool["split"] = np.where(fold_ids == self.hparams.fold, "test", "train")
+        return carve_split(pool, val_f / (train_f + val_f), self.hparams.seed, into="val")
 
     def _write_split(self) -> None:
         """Record the split (and skipped images) as split.csv in the run folder; its hash names the split."""

@@ -101,7 +101,7 @@ def average_precision(y_true: np.ndarray, prob: np.ndarray) -> float:
 def calibration_bins(
     y_true: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width bin: count, summed probability and summed outcome; shared by ECE and reliability plots."""
+    """Per equal-width bin: count, summed probability, summed outcome; shared by ECE and reliability plots."""
     index = np.clip((prob * n_bins).astype(np.int64), 0, n_bins - 1)
     counts = np.bincount(index, minlength=n_bins)
     prob_sums = np.bincount(index, weights=prob, minlength=n_bins)
@@ -145,7 +145,7 @@ def threshold_metrics(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
 
 
 def point_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """All metrics of one model at one operating point, keyed by METRIC_KEYS (conventions: module docstring)."""
+    """All metrics of one model at one operating point, keyed by METRIC_KEYS (conventions: see module)."""
     y, p = as_binary_arrays(y_true, prob)
     tp, fp, tn, fn = confusion_counts(y, p >= threshold)
     values = threshold_metrics(tp, fp, tn, fn)

@@ -114,7 +114,7 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
         log_probs = self(images)
         loss = F.nll_loss(log_probs, labels, weight=self.class_weights)
         loss_metric.update(loss.detach(), weight=labels.numel())
-        metrics.update(metric_scores(log_probs.detach().exp()), labels)
+        metrics.update(metric_scores(log_probs.detach()), labels)
         self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
@@ -141,8 +141,9 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
 
     def predict_step(self, batch: Batch | torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and predicted labels for inference and reports."""
-        probs = self(_images(batch)).exp()
-        return {"probs": probs, "preds": probs.argmax(dim=1)}
+        log_probs = self(_images(batch))
+        probs = log_probs.exp()
+        return {"log_probs": log_probs, "probs": probs, "preds": probs.argmax(dim=1)}
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Build the configured optimizer over trainable parameters only, plus the optional scheduler."""

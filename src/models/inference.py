@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
+from src.evaluation.operating_point import stored_operating_point
 from src.models.cam import build_cam
 from src.utils.run_config import load_run_config
 
@@ -21,6 +22,7 @@ class InferenceMixin:
     preprocessor: ImagePreprocessor
     class_names: tuple[str, ...]
     threshold: float = DEFAULT_THRESHOLD
+    temperature: float = 1.0
 
     @classmethod
     def load_pretrained(cls, ckpt_path: str | os.PathLike, map_location: str = "cpu") -> Self:
@@ -31,6 +33,9 @@ class InferenceMixin:
             ckpt_path, map_location=map_location, weights_only=True, weights=None
         )
         model.attach_preprocessing(run_config.data)
+        stored = stored_operating_point(ckpt_path)
+        if stored is not None:  # chosen on the validation split by an earlier `eval.py`
+            model.threshold, model.temperature = float(stored["threshold"]), float(stored["temperature"])
         return model.eval()
 
     def attach_preprocessing(self, data_cfg: DictConfig) -> None:
@@ -44,11 +49,11 @@ class InferenceMixin:
 
     @torch.no_grad()
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (B x classes) for a batch of model-ready tensors, in eval mode."""
+        """Temperature-scaled class probabilities (B x classes) for model-ready tensors, in eval mode."""
         was_training = self.training
         self.eval()
         try:
-            return self(batch.to(self.device)).exp().cpu()
+            return torch.softmax(self(batch.to(self.device)) / self.temperature, dim=1).cpu()
         finally:
             self.train(was_training)
 

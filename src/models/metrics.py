@@ -23,6 +23,13 @@ def build_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection({name: metric(**task) for name, metric in _METRICS.items()})
 
 
-def metric_scores(probs: torch.Tensor) -> torch.Tensor:
-    """Shape class probabilities the way ``build_metrics`` expects them."""
-    return probs[:, 1] if probs.shape[1] == 2 else probs
+def metric_scores(log_probs: torch.Tensor) -> torch.Tensor:
+    """Class probabilities shaped for ``build_metrics``, in float64 from the log-odds.
+
+    A confident float32 model rounds P(class 1) to exactly 1.0 for many images, and those ties corrupt
+    AUROC; the log-odds keep the ranking, and float64 keeps it through the sigmoid.
+    """
+    log_probs = log_probs.double()
+    if log_probs.shape[1] == 2:
+        return torch.sigmoid(log_probs[:, 1] - log_probs[:, 0])
+    return log_probs.softmax(dim=1)
