@@ -1,4 +1,4 @@
-"""eval.py: rebuilds the pipeline from the checkpoint, reproduces training's test metrics, reports with CIs."""
+"""eval.py rebuilds the pipeline from the checkpoint, reproduces training's test metrics, reports CIs."""
 
 import json
 import shutil
@@ -99,7 +99,7 @@ def test_operating_point_is_chosen_on_validation_only():
 
 
 def test_chosen_threshold_and_temperature_are_reused(smoke_checkpoint, cfg_eval, tmp_path):
-    """eval with youden + temperature saves them next to the checkpoint; predict and later evals reuse them."""
+    """eval with youden + temperature saves both beside the checkpoint; predict and later evals reuse them."""
     ckpt = tmp_path / "model.ckpt"
     shutil.copy(smoke_checkpoint, ckpt)
     summary, _ = run_eval(cfg_eval, str(ckpt), method="youden", temperature=True)

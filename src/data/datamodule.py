@@ -15,11 +15,11 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler, get_worker_info
 
 from src.data.dataset import XrayDataset
+from src.data.folds import assign_folds
 from src.data.image_io import ImageReadError
 from src.data.sources import RECORD_COLUMNS, ImageSource
 from src.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
 from src.data.transforms import XrayTransforms
-from src.data.folds import assign_folds
 
 log = logging.getLogger(__name__)
 
