@@ -34,7 +34,7 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
     for index, prediction in enumerate(tqdm(results, total=len(paths), unit="img", desc="predict")):
         rows.append(prediction.row(model.threshold))
         if cam_dir and prediction.error is None:
-            write_overlay(prediction, index, cam_dir, cfg.cam)
+            write_overlay(prediction, index, cam_dir, cfg.cam, model.class_names[-1])
     table = pd.DataFrame(rows)
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def visualize(cfg: DictConfig) -> tuple[dict, dict]:
             failed.append(prediction)
             log.warning(f"Skipped {prediction.path}: {prediction.error}")
             continue
-        written.append(write_overlay(prediction, index, out_dir, cfg.cam))
+        written.append(write_overlay(prediction, index, out_dir, cfg.cam, model.class_names[-1]))
     if written:
         tiles = [cv2.imread(str(path)) for path in written]
         cv2.imwrite(str(out_dir / "grid.png"), grid(tiles, cfg.grid_tile, cfg.grid_columns))

@@ -142,3 +142,16 @@ def test_visualize_cli_on_real_images(smoke_checkpoint, tmp_path):
             > 1
         )  # the heat map is really drawn
     assert cv2.imread(str(tmp_path / "overlays" / "grid.png")) is not None
+
+
+@pytest.mark.real_data
+def test_predict_and_cam_on_dicom(model):
+    """DICOM files from ../shared/data go through the same API (pydicom reader, original-size CAMs)."""
+    dicoms = sorted((KERMANY.parent / "dicom_samples").glob("*.dcm"))
+    if not dicoms:
+        pytest.skip("../shared/data/dicom_samples is not available")
+    for path in dicoms:
+        label, confidence = model.predict(path)
+        assert label in model.class_names and 0.5 <= confidence <= 1.0
+        original = model.preprocessor.prepare(path).original
+        assert model.generate_cam(path).shape == original.shape

@@ -29,10 +29,12 @@ def cam_arguments(cam_cfg: DictConfig, enabled: bool = True) -> dict:
     return {"cam_method": cam_cfg.method, "cam_options": options, "cam_target": cam_cfg.target_class}
 
 
-def write_overlay(prediction: Prediction, index: int, out_dir: Path, cam_cfg: DictConfig) -> Path:
+def write_overlay(
+    prediction: Prediction, index: int, out_dir: Path, cam_cfg: DictConfig, positive_class: str
+) -> Path:
     """Save the CAM over the original grey image at its own resolution, captioned with label and P."""
     image = overlay_cam(prediction.original, prediction.cam, cam_cfg.alpha, cam_cfg.colormap)
-    text = f"{prediction.label}  p={prediction.probability:.2f}  ({cam_cfg.method})"
+    text = f"{prediction.label}  P({positive_class})={prediction.probability:.2f}  [{cam_cfg.method}]"
     path = out_dir / f"{index:04d}_{Path(prediction.path).stem}.png"
     if not cv2.imwrite(str(path), caption(image, text)):
         raise OSError(f"Could not write overlay {path}")
