@@ -27,13 +27,16 @@ def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
     """The data config given on the command line (else the checkpoint's), with the checkpoint's transforms.
 
     Images of any other data set must be pre-processed exactly as in training, so `image_size` and
-    `transforms` always come from the checkpoint.
+    `transforms` always come from the checkpoint; `feature_cache` decides whether cached backbone
+    features (bf16 by default) may stand in for the images.
     """
     data_cfg = cfg.data if cfg.get("data") else train_cfg.data
     with open_dict(data_cfg):
         data_cfg.output_dir = cfg.paths.output_dir
         data_cfg.image_size = train_cfg.data.image_size
         data_cfg.transforms = train_cfg.data.transforms
+        if "feature_cache" in data_cfg:
+            data_cfg.feature_cache.enabled = bool(cfg.feature_cache)
     return data_cfg
 
 

@@ -1,4 +1,8 @@
-"""The Lightning data module: any ImageSource -> checked, patient-grouped split -> balanced DataLoaders."""
+"""The Lightning data module: any ImageSource -> checked, patient-grouped split -> balanced DataLoaders.
+
+Optional caches (off by default): `image_cache` serves pre-processed pixels from a memory-mapped array, and
+`feature_cache` serves the frozen backbone's pooled features instead of images (see feature_cache.py).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,26 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler, get_worker_info
 
 from src.data.dataset import XrayDataset
+from src.data.feature_cache import (
+    FeatureCache,
+    FeatureCacheConfig,
+    FeatureDataset,
+    View,
+    require_frozen_backbone,
+)
 from src.data.folds import assign_folds
+from src.data.image_cache import ImageCache, ImageCacheConfig
 from src.data.image_io import ImageReadError
 from src.data.sources import RECORD_COLUMNS, ImageSource
 from src.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
@@ -50,6 +64,8 @@ class ChestXrayDataModule(LightningDataModule):
         output_dir: str | None = None,
         folds: int | None = None,
         fold: int = 0,
+        image_cache: dict | None = None,
+        feature_cache: dict | None = None,
     ) -> None:
         super().__init__()
         # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
@@ -57,6 +73,8 @@ class ChestXrayDataModule(LightningDataModule):
         class_names = tuple(str(name) for name in class_names)
         fractions = tuple(float(fraction) for fraction in fractions)
         output_dir = None if output_dir is None else str(output_dir)
+        image_cache = asdict(ImageCacheConfig(**(image_cache or {})))
+        feature_cache = asdict(FeatureCacheConfig(**(feature_cache or {})))
         _check_choice("balance", balance, BALANCE_MODES)
         _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
@@ -75,6 +93,11 @@ class ChestXrayDataModule(LightningDataModule):
         self.data_train: XrayDataset | None = None
         self.data_val: XrayDataset | None = None
         self.data_test: XrayDataset | None = None
+        self.image_cache_config = ImageCacheConfig(**image_cache)
+        self.feature_cache_config = FeatureCacheConfig(**feature_cache)
+        self._pixels: dict[str, str] = {}  # what the reader serves, for feature keys: {} = the source's files
+        self._feature_cache: FeatureCache | None = None
+        self._features: dict[str, FeatureDataset] = {}
 
     def prepare_data(self) -> None:
         """Download or generate the data (Lightning calls this on one process only)."""
@@ -82,6 +105,8 @@ class ChestXrayDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build records, split, image check and datasets once; later calls (fit, then test) reuse them."""
+        if self.feature_cache_config.enabled and self.trainer is not None:
+            require_frozen_backbone(self.trainer.lightning_module.net)  # fail before any work is done
         if self.records is not None:
             return
         records = self._validated_records(self.source.records())
@@ -94,11 +119,11 @@ class ChestXrayDataModule(LightningDataModule):
         self._log_split()
 
         train = self._balanced_train(split[split["split"] == "train"])
-        reader = self.source.read
-        self.transforms.train.set_random_seed(self.hparams.seed)
-        self.data_train = XrayDataset(train, reader, self.transforms.train)
-        self.data_val = XrayDataset(split[split["split"] == "val"], reader, self.eval_transform)
-        self.data_test = XrayDataset(split[split["split"] == "test"], reader, self.eval_transform)
+        reader, train_transform, eval_transform = self._pixel_pipeline(split["path"].tolist())
+        train_transform.set_random_seed(self.hparams.seed)
+        self.data_train = XrayDataset(train, reader, train_transform)
+        self.data_val = XrayDataset(split[split["split"] == "val"], reader, eval_transform)
+        self.data_test = XrayDataset(split[split["split"] == "test"], reader, eval_transform)
         log.info(
             "Split sizes: train %d, val %d, test %d",
             len(self.data_train),
@@ -109,17 +134,80 @@ class ChestXrayDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, or drawn by a class-balancing sampler when balance='sampler'."""
         sampler = self._balancing_sampler() if self.hparams.balance == "sampler" else None
-        return self._loader(self.data_train, shuffle=sampler is None, sampler=sampler)
+        return self._loader(self._served("train"), shuffle=sampler is None, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val)
+        return self._loader(self._served("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test)
+        return self._loader(self._served("test"))
 
     def predict_dataloader(self) -> DataLoader:
         """Prediction runs on the test split, with the shared eval transform."""
         return self.test_dataloader()
+
+    def _is_writer(self) -> bool:
+        """The one process per machine that writes caches (DDP: local rank 0; the others wait, then read)."""
+        return self.trainer is None or self.trainer.local_rank == 0
+
+    def _barrier(self) -> None:
+        """Wait for every DDP rank (a no-op without a Trainer or with one process)."""
+        if self.trainer is not None:
+            self.trainer.strategy.barrier("data_cache")
+
+    def _pixel_pipeline(self, paths: list[str]) -> tuple[Callable[[str], np.ndarray], A.Compose, A.Compose]:
+        """Reader and train/eval transforms: decode files each time, or read the pre-processed image cache."""
+        if not self.image_cache_config.enabled:
+            return self.source.read, self.transforms.train, self.eval_transform
+        cache = ImageCache.build(
+            paths,
+            self.source.read,
+            self.transforms.preprocessing,
+            self.image_cache_config.dir,
+            threads=max(2, self.hparams.num_workers),
+            is_writer=self._is_writer(),
+            barrier=self._barrier,
+        )
+        self._pixels = {"image_cache": cache.key}
+        return cache.read, self.transforms.train_tail, self.transforms.eval_tail
+
+    def _served(self, split: str) -> Dataset:
+        """The split's images, or (feature cache on) its cached pooled features, built on first use."""
+        dataset = {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a DataLoader")
+        if not self.feature_cache_config.enabled:
+            return dataset
+        if split not in self._features:
+            features = self._cache().features(dataset, self._views(split), split, self._pixels)
+            epoch = self._current_epoch if split == "train" else lambda: 0
+            self._features[split] = FeatureDataset(features, dataset.records["label"], epoch)
+        return self._features[split]
+
+    def _views(self, split: str) -> list[View]:
+        """K seeded train views when augmenting, else the single deterministic eval view."""
+        views, eval_transform = self.feature_cache_config.views, self.data_val.transform
+        if split != "train" or views == 0 or not self.transforms.augment:
+            return [(eval_transform, None)]
+        return [(self.data_train.transform, self.hparams.seed)] * views
+
+    def _cache(self) -> FeatureCache:
+        """The feature cache of the Trainer's model (created once: it hashes the backbone weights)."""
+        if self.trainer is None:
+            raise RuntimeError("data.feature_cache needs the model: use it through trainer.fit/validate/test")
+        if self._feature_cache is None:
+            self._feature_cache = FeatureCache(
+                self.feature_cache_config,
+                self.trainer.lightning_module.net,
+                num_workers=self.hparams.num_workers,
+                is_writer=self._is_writer(),
+                barrier=self._barrier,
+            )
+        return self._feature_cache
+
+    def _current_epoch(self) -> int:
+        """The Trainer's epoch, which picks the train view (epoch % views)."""
+        return self.trainer.current_epoch
 
     def _validated_records(self, records: pd.DataFrame) -> pd.DataFrame:
         """Fail early on a source that breaks the records contract (columns, labels, splits, duplicates)."""
@@ -252,13 +340,9 @@ class ChestXrayDataModule(LightningDataModule):
             weights.tolist(), num_samples=len(labels), replacement=True, generator=generator
         )
 
-    def _loader(
-        self, dataset: XrayDataset | None, shuffle: bool = False, sampler: Sampler | None = None
-    ) -> DataLoader:
-        """One place for the DataLoader options shared by every split."""
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a DataLoader")
-        workers = self.hparams.num_workers
+    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
+        """One place for the DataLoader options shared by every split (features need no workers)."""
+        workers = 0 if isinstance(dataset, FeatureDataset) else self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

@@ -8,7 +8,10 @@ import albumentations as A
 
 
 class XrayTransforms:
-    """Build `train` (preprocess + augment + postprocess) and `eval` (preprocess + postprocess) once."""
+    """Build `train` (preprocess + augment + postprocess) and `eval` (preprocess + postprocess) once.
+
+    `preprocessing`, `train_tail` and `eval_tail` split them at the point a pre-processed image cache stores.
+    """
 
     def __init__(
         self,
@@ -21,3 +24,6 @@ class XrayTransforms:
         self.postprocess = list(postprocess)
         self.train = A.Compose([*self.preprocess, *self.augment, *self.postprocess])
         self.eval = A.Compose([*self.preprocess, *self.postprocess])
+        self.preprocessing = A.Compose(self.preprocess)
+        self.train_tail = A.Compose([*self.augment, *self.postprocess])
+        self.eval_tail = A.Compose(self.postprocess)

@@ -27,7 +27,7 @@ def _plain(value: Any) -> Any:
 
 
 def _images(batch: Batch | torch.Tensor) -> torch.Tensor:
-    """Accept ``(images, labels)`` tuples as well as bare image batches at prediction time."""
+    """Accept ``(inputs, labels)`` tuples as well as bare input batches at prediction time."""
     return batch[0] if isinstance(batch, tuple | list) else batch
 
 
@@ -79,6 +79,10 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
         """Class log-probabilities."""
         return self.net(x)
 
+    def log_probs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class log-probabilities from images (B x 3 x H x W) or from cached pooled features (B x C)."""
+        return self.net.head.from_pooled(inputs) if inputs.ndim == 2 else self(inputs)
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameter totals for experiment logs, so frozen vs fine-tuned runs are easy to tell apart."""
         total = sum(p.numel() for p in self.net.parameters())
@@ -110,8 +114,8 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
         self, batch: Batch, stage: str, loss_metric: MeanMetric, metrics: MetricCollection
     ) -> torch.Tensor:
         """Compute the loss, update the stage's metric objects and log them for epoch-end aggregation."""
-        images, labels = batch
-        log_probs = self(images)
+        inputs, labels = batch
+        log_probs = self.log_probs(inputs)
         loss = F.nll_loss(log_probs, labels, weight=self.class_weights)
         loss_metric.update(loss.detach(), weight=labels.numel())
         metrics.update(metric_scores(log_probs.detach()), labels)
@@ -141,7 +145,7 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
 
     def predict_step(self, batch: Batch | torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and predicted labels for inference and reports."""
-        log_probs = self(_images(batch))
+        log_probs = self.log_probs(_images(batch))
         probs = log_probs.exp()
         return {"log_probs": log_probs, "probs": probs, "preds": probs.argmax(dim=1)}
 

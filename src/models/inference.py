@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from src.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from src.evaluation.operating_point import stored_operating_point
 from src.models.cam import build_cam
+from src.models.predictor import Predictor
 from src.utils.run_config import load_run_config
 
 DEFAULT_THRESHOLD = 0.5
@@ -23,6 +24,7 @@ class InferenceMixin:
     class_names: tuple[str, ...]
     threshold: float = DEFAULT_THRESHOLD
     temperature: float = 1.0
+    _predictor: Predictor | None = None
 
     @classmethod
     def load_pretrained(cls, ckpt_path: str | os.PathLike, map_location: str = "cpu") -> Self:
@@ -47,15 +49,16 @@ class InferenceMixin:
         """Read and transform an input unless it already is prepared."""
         return image if isinstance(image, PreparedImage) else self.preprocessor.prepare(image)
 
-    @torch.no_grad()
+    def configure_inference(self, precision: str = "fp32", compile: bool = False) -> Self:
+        """Pick the predictor's precision (fp32 | bf16) and whether to torch.compile it."""
+        self._predictor = Predictor(self, precision=precision, compile=compile)
+        return self
+
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled class probabilities (B x classes) for model-ready tensors, in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.softmax(self(batch.to(self.device)) / self.temperature, dim=1).cpu()
-        finally:
-            self.train(was_training)
+        if self._predictor is None:
+            self.configure_inference()
+        return torch.softmax(self._predictor(batch) / self.temperature, dim=1).cpu()
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """Predicted class per row: P(positive) >= threshold for two classes, else the most probable."""

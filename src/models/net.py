@@ -26,7 +26,11 @@ class ClassifierHead(nn.Module):
     def forward(self, maps: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool feature maps, then return the pooled vector or the class log-probabilities."""
         pooled = self.pool(maps)
-        return pooled if pre_logits else self.log_softmax(self.logits(pooled))
+        return pooled if pre_logits else self.from_pooled(pooled)
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Class log-probabilities from pooled features: the whole head after the pool, for feature caches."""
+        return self.log_softmax(self.logits(pooled))
 
 
 class ChestXrayNet(nn.Module):
@@ -57,6 +61,11 @@ class ChestXrayNet(nn.Module):
         """Yield the backbone stages that are neither trained nor allowed to update BatchNorm statistics."""
         return (getattr(self.features, name) for name in self._frozen_stages)
 
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when no backbone stage trains, so its features are a fixed function of the input."""
+        return len(self._frozen_stages) == len(self.features)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer should see."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -75,6 +84,10 @@ class ChestXrayNet(nn.Module):
     def forward_head(self, maps: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class log-probabilities, or the pooled feature vector when ``pre_logits``."""
         return self.head(maps, pre_logits=pre_logits)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature vector (B x C) the linear layer sees: what a feature cache stores."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class log-probabilities for a batch of images."""

@@ -1,0 +1,96 @@
+"""Training-loader throughput: decode + CLAHE + resize from files each epoch vs the pre-processed image cache.
+
+    python benchmarks/data_pipeline.py                     # 512 Kermany 224 px images + the full-res PNGs
+    python benchmarks/data_pipeline.py --n 128 --epochs 1
+
+Both loaders run the same reference train pipeline (CLAHE, resize, affine, brightness/contrast, RGB,
+normalise) with the same DataLoader settings; the cache side serves `preprocess` output from a uint8 memmap
+and applies only augment + postprocess. The cache build (a one-off, first epoch only) is timed separately.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import albumentations as A
+import pandas as pd
+from albumentations.pytorch import ToTensorV2
+from common import FULL_RESOLUTION, emit, kermany_sample, machine
+from torch.utils.data import DataLoader
+
+from src.data.dataset import XrayDataset
+from src.data.image_cache import ImageCache
+from src.data.image_io import read_grayscale
+from src.data.transforms import XrayTransforms
+
+
+def reference_transforms(size: int) -> XrayTransforms:
+    """The configs/data/transforms/xray.yaml pipeline at `size` px."""
+    return XrayTransforms(
+        [A.CLAHE(clip_limit=(2.0, 2.0), tile_grid_size=(8, 8), p=1.0), A.Resize(size, size)],
+        [
+            A.Affine(rotate=(-10, 10), scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        ],
+        [A.ToRGB(num_output_channels=3), A.Normalize(), ToTensorV2()],
+    )
+
+
+def images_per_s(dataset: XrayDataset, args: argparse.Namespace) -> float:
+    """Mean images/s of full passes over a shuffled training loader."""
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=args.workers)
+    start = time.perf_counter()
+    for _ in range(args.epochs):
+        for _batch in loader:
+            pass
+    return round(len(dataset) * args.epochs / (time.perf_counter() - start), 1)
+
+
+def compare(paths: list[str], args: argparse.Namespace) -> dict:
+    """Files vs cache on one image set."""
+    transforms = reference_transforms(args.image_size)
+    records = pd.DataFrame({"path": paths, "label": 0})
+    files = images_per_s(XrayDataset(records, read_grayscale, transforms.train), args)
+    with tempfile.TemporaryDirectory() as directory:
+        start = time.perf_counter()
+        cache = ImageCache.build(
+            paths, read_grayscale, transforms.preprocessing, directory, args.workers or 1
+        )
+        build = time.perf_counter() - start
+        cached = images_per_s(XrayDataset(records, cache.read, transforms.train_tail), args)
+        size_mb = round(cache.array.nbytes / 2**20, 1)
+    return {
+        "images": len(paths),
+        "files_images_per_s": files,
+        "cache_images_per_s": cached,
+        "speedup": round(cached / files, 2),
+        "cache_build_s": round(build, 2),
+        "cache_mb": size_mb,
+    }
+
+
+def main() -> None:
+    """Run the comparison on the 224 px Kermany images and on the full-resolution PNGs."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--n", type=int, default=512, help="Kermany images (the full-res set has what it has)"
+    )
+    parser.add_argument("--full-res-n", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--out", default="benchmarks/results/data_pipeline.json")
+    args = parser.parse_args()
+    kermany = [str(path) for path, _ in kermany_sample(args.n)]
+    full = [str(path) for path in sorted(Path(FULL_RESOLUTION).glob("*.png"))[: args.full_res_n]]
+    results = {"kermany_224px": compare(kermany, args)}
+    if full:
+        results["full_resolution_png"] = compare(full, args)
+    emit({"benchmark": "data_pipeline", "settings": vars(args), "machine": machine(), **results}, args.out)
+
+
+if __name__ == "__main__":
+    main()
