@@ -66,11 +66,15 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer.test(model=model, datamodule=datamodule)
     lightning_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    val = (
-        datamodule.val_dataloader() if datamodule.data_val is not None and len(datamodule.data_val) else None
+    val_predictions = (
+        pipeline.collect_predictions(trainer, model, datamodule.val_dataloader(), datamodule.data_val.records)
+        if len(datamodule.data_val)
+        else None
     )
-    val_predictions = pipeline.collect_predictions(trainer, model, val) if val is not None else None
-    test_predictions = pipeline.collect_predictions(trainer, model, datamodule.test_dataloader())
+    test_records = datamodule.data_test.records
+    test_predictions = pipeline.collect_predictions(
+        trainer, model, datamodule.test_dataloader(), test_records
+    )
     point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
     log.info(f"Operating point: threshold {point['threshold']:.4f} ({point['method']})")
 

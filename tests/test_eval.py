@@ -155,3 +155,33 @@ def test_eval_on_external_manifest_of_real_images(smoke_checkpoint, tmp_path):
     assert load_run_config(smoke_checkpoint).data.image_size == 64
     assert saved["resampled_by"] == "patient"
     assert torch.isfinite(torch.tensor(saved["metrics"]["accuracy"]["value"]))
+
+
+def test_eval_on_cached_features_matches_eval_on_images(cfg_train, cfg_eval, tmp_path):
+    """A frozen run trained on fp32 cached features: eval with feature_cache=true gives the image results."""
+    with open_dict(cfg_train):
+        cfg_train.trainer.max_epochs = 2
+        cfg_train.model.unfreeze = []
+        cfg_train.data.feature_cache.enabled = True
+        cfg_train.data.feature_cache.precision = "fp32"
+        cfg_train.data.feature_cache.dir = str(tmp_path / "features")
+        cfg_train.callbacks.cam_panel = None
+    HydraConfig().set_config(cfg_train)
+    _, objects = train(cfg_train)
+    best = objects["trainer"].checkpoint_callback.best_model_path
+
+    on_images, _ = run_eval(cfg_eval, best)
+    with open_dict(cfg_eval):
+        cfg_eval.feature_cache = True
+        cfg_eval.paths.output_dir = str(tmp_path / "cached")
+    Path(cfg_eval.paths.output_dir).mkdir()
+    on_features, objects = run_eval(cfg_eval, best)
+    assert set(objects["datamodule"]._features) >= {"val", "test"}  # really served from the cache
+    for name in ("accuracy", "auroc", "brier"):
+        assert on_features["metrics"][name]["value"] == pytest.approx(
+            on_images["metrics"][name]["value"], abs=1e-4
+        )
+    images = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    cached = pd.read_csv(tmp_path / "cached" / "predictions.csv")
+    assert (images["path"] == cached["path"]).all()
+    np.testing.assert_allclose(images["probability"], cached["probability"], atol=1e-4)

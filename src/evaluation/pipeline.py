@@ -37,11 +37,13 @@ class SplitPredictions:
         return apply_temperature(self.log_probs, temperature)
 
 
-def collect_predictions(trainer: Trainer, model: LightningModule, loader: DataLoader) -> SplitPredictions:
-    """Run the model over an unshuffled loader and keep its records' order."""
+def collect_predictions(
+    trainer: Trainer, model: LightningModule, loader: DataLoader, records: pd.DataFrame
+) -> SplitPredictions:
+    """Run the model over an unshuffled loader (images or cached features) that serves `records` in order."""
     outputs = trainer.predict(model, dataloaders=loader)
     log_probs = torch.cat([batch["log_probs"] for batch in outputs]).double().numpy()
-    records = loader.dataset.records.loc[:, ["path", "label", "patient_id"]].reset_index(drop=True)
+    records = records.loc[:, ["path", "label", "patient_id"]].reset_index(drop=True)
     if len(records) != len(log_probs):
         raise RuntimeError(
             f"{len(log_probs)} predictions for {len(records)} images: was the loader shuffled?"
