@@ -39,7 +39,10 @@ def reference_transforms(size: int) -> XrayTransforms:
 
 def images_per_s(dataset: XrayDataset, args: argparse.Namespace) -> float:
     """Mean images/s of full passes over a shuffled training loader."""
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=args.workers)
+    persistent = args.persistent_workers and args.workers > 0
+    loader = DataLoader(
+        dataset, batch_size=32, shuffle=True, num_workers=args.workers, persistent_workers=persistent
+    )
     start = time.perf_counter()
     for _ in range(args.epochs):
         for _batch in loader:
@@ -82,6 +85,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--persistent-workers",
+        action="store_true",
+        help="keep loader workers between epochs (data.persistent_workers=true), i.e. steady-state throughput",
+    )
     parser.add_argument("--out", default="benchmarks/results/data_pipeline.json")
     args = parser.parse_args()
     kermany = [str(path) for path, _ in kermany_sample(args.n)]
