@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument(
         "--persistent-workers",
         action="store_true",
-        help="keep loader workers between epochs (data.persistent_workers=true), i.e. steady-state throughput",
+        help="keep loader workers between epochs (data.persistent_workers=true): steady-state rate",
     )
     parser.add_argument("--out", default="benchmarks/results/data_pipeline.json")
     args = parser.parse_args()
