@@ -4,8 +4,10 @@ import hashlib
 from pathlib import Path
 
 import hydra
+import pytest
 import torch
 import yaml
+from helpers import compose_config
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
@@ -86,3 +88,18 @@ def test_resume_from_last_checkpoint(cfg_train, tmp_path):
     _, resumed = run_train(cfg_train)
     assert resumed["trainer"].current_epoch == 2
     assert resumed["trainer"].global_step == 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize("debug", ["fdr", "limit", "overfit", "profiler"])
+def test_debug_configs_run(debug, tmp_path, data_dir):
+    """Every debug mode runs the smoke experiment to the end (no logger, CPU, anomaly detection)."""
+    cfg = compose_config(
+        "train.yaml",
+        ["experiment=smoke", f"debug={debug}", "trainer.max_epochs=2", "extras.print_config=false"],
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.data_dir = str(data_dir)
+    metrics, objects = run_train(cfg)
+    assert objects["trainer"].logger is None
+    assert torch.isfinite(metrics["test/loss"])
