@@ -22,7 +22,7 @@ log = RankedLogger(__name__, rank_zero_only=True)
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[dict, dict]:
     """Write one CSV row per input (errors included) and, with cam_dir, one overlay per readable image."""
-    model = load_model(cfg.ckpt_path, cfg.get("threshold"))
+    model = load_model(cfg)
     paths = list_inputs(cfg.input)
     cam_dir = Path(cfg.cam_dir) if cfg.get("cam_dir") else None
     if cam_dir:

@@ -23,7 +23,7 @@ log = RankedLogger(__name__, rank_zero_only=True)
 @task_wrapper
 def visualize(cfg: DictConfig) -> tuple[dict, dict]:
     """Write an overlay per readable image and a grid of all of them; list the unreadable ones."""
-    model = load_model(cfg.ckpt_path, cfg.get("threshold"))
+    model = load_model(cfg)
     paths = list_inputs(cfg.input)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,22 @@ def test_eval_config_composes():
     assert cfg.get("data") is None
     cfg = compose_config("eval.yaml", ["ckpt_path=some.ckpt", "data=manifest"])
     assert cfg.data._target_.endswith("ChestXrayDataModule")
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides"),
+    [
+        ("predict.yaml", ["ckpt_path=a.ckpt", "input=x", "precision=bf16", "cam.method=gradcam"]),
+        ("visualize.yaml", ["ckpt_path=a.ckpt", "input=x", "compile=true", "cam.target_class=1"]),
+        ("compare.yaml", ["a=a.csv", "b=b.csv", "names=[r152,d121]"]),
+        ("cross_validate.yaml", ["experiment=smoke", "folds=3"]),
+    ],
+)
+def test_other_entry_point_configs_compose(config, overrides):
+    """Every entry point's config composes with its typical overrides."""
+    cfg = compose_config(config, overrides)
+    assert cfg.task_name == config.removesuffix(".yaml")
+    if config == "cross_validate.yaml":
+        assert cfg.folds == 3 and cfg.model.backbone == "resnet18"
+    if config == "predict.yaml":
+        assert cfg.precision == "bf16" and cfg.cam.method == "gradcam"

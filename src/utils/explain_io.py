@@ -12,13 +12,13 @@ from src.utils.overlay import caption, overlay_cam
 from src.utils.run_config import load_run_config
 
 
-def load_model(ckpt_path: str, threshold: float | None = None) -> InferenceMixin:
-    """The checkpoint's own model class, ready for inference, with an optional threshold override."""
-    model_cls = hydra.utils.get_class(load_run_config(ckpt_path).model._target_)
-    model = model_cls.load_pretrained(ckpt_path)
-    if threshold is not None:
-        model.threshold = float(threshold)
-    return model
+def load_model(cfg: DictConfig) -> InferenceMixin:
+    """The checkpoint's own model class, ready for inference: threshold override, precision, compile."""
+    model_cls = hydra.utils.get_class(load_run_config(cfg.ckpt_path).model._target_)
+    model = model_cls.load_pretrained(cfg.ckpt_path)
+    if cfg.get("threshold") is not None:
+        model.threshold = float(cfg.threshold)
+    return model.configure_inference(cfg.precision, cfg.compile)
 
 
 def cam_arguments(cam_cfg: DictConfig, enabled: bool = True) -> dict:
