@@ -155,3 +155,21 @@ def test_predict_and_cam_on_dicom(model):
         assert label in model.class_names and 0.5 <= confidence <= 1.0
         original = model.preprocessor.prepare(path).original
         assert model.generate_cam(path).shape == original.shape
+
+
+def test_explain_with_probs_one_pass_matches_separate_calls(model, test_split):
+    """One forward pass gives predict_proba's probabilities and maps of the *decided* class (threshold)."""
+    paths = list(test_split["path"].head(4))
+    prepared = [model.prepare(path) for path in paths]
+    separate = model.predict_proba(torch.stack([p.tensor for p in prepared]))
+    original = model.threshold
+    try:
+        model.threshold = 1.1  # nothing reaches it: every decision is class 0, whatever the arg-max says
+        probs, maps = model.explain_with_probs(prepared)
+        expected = model.explain(prepared, target_class=0)
+    finally:
+        model.threshold = original
+    torch.testing.assert_close(probs, separate, atol=1e-5, rtol=0)
+    for got, want in zip(maps, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(maps[0], model.explain(prepared[:1], target_class=1)[0])

@@ -64,8 +64,7 @@ class CAMPanel(Callback):
             PreparedImage(dataset[int(i)][0], dataset.reader(dataset.records["path"].iloc[int(i)]))
             for i in indices
         ]
-        probs = pl_module.predict_proba(torch.stack([image.tensor for image in images]))
-        maps = pl_module.explain(images, None, self.method, **self.cam_options)
+        probs, maps = pl_module.explain_with_probs(images, None, self.method, **self.cam_options)
         labels = dataset.records["label"].to_numpy()[indices]
         tiles = []
         for image, cam, prob, label in zip(images, maps, probs, labels, strict=True):

@@ -60,18 +60,16 @@ def predict_paths(
             results = [Prediction(str(p), error=item) for p, item in zip(chunk, prepared, strict=True)]
             if good:
                 images = [prepared[i] for i in good]
-                probs = model.predict_proba(torch.stack([p.tensor for p in images]))
-                labels = model.decide(probs)
-                cams = (
-                    model.explain(
-                        images,
-                        labels if cam_target is None else cam_target,
-                        cam_method,
-                        **(cam_options or {}),
+                if cam_method:  # the CAM's own forward pass gives the probabilities too
+                    probs, cams = model.explain_with_probs(
+                        images, cam_target, cam_method, **(cam_options or {})
                     )
-                    if cam_method
-                    else [None] * len(good)
-                )
+                else:
+                    probs, cams = (
+                        model.predict_proba(torch.stack([p.tensor for p in images])),
+                        [None] * len(good),
+                    )
+                labels = model.decide(probs)
                 for index, image, prob, label, cam in zip(good, images, probs, labels, cams, strict=True):
                     results[index] = Prediction(
                         path=str(chunk[index]),

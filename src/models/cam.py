@@ -1,11 +1,14 @@
 """Class Activation Maps: one base class, one overridden step (how each channel of a layer is weighted)."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# a class per batch or per image, a rule applied to the logits (e.g. a decision threshold), or None: arg-max
+TargetClass = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 @contextmanager
@@ -96,7 +99,7 @@ class BaseCAM:
         raise NotImplementedError
 
     def raw_maps(
-        self, images: torch.Tensor, target_class: int | Sequence[int] | torch.Tensor | None = None
+        self, images: torch.Tensor, target_class: TargetClass = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Un-normalised, un-upsampled maps (B x h x w), the logits and the target classes."""
         with preserved_modes(self.net), torch.set_grad_enabled(self.needs_gradients):
@@ -113,7 +116,7 @@ class BaseCAM:
     def __call__(
         self,
         images: torch.Tensor,
-        target_class: int | Sequence[int] | torch.Tensor | None = None,
+        target_class: TargetClass = None,
         output_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """B x H x W maps at `output_size` (default: the input's size), for the predicted class by default."""
@@ -125,12 +128,12 @@ class BaseCAM:
         return postprocess(raw, size, self.upsample_mode, self.relu, self.normalize)
 
     @staticmethod
-    def _targets(
-        target_class: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
-    ) -> torch.Tensor:
-        """One target per image: the predicted class when none is given."""
+    def _targets(target_class: TargetClass, logits: torch.Tensor) -> torch.Tensor:
+        """One target per image: given, chosen from the logits by a callable, or else the arg-max class."""
         if target_class is None:
             return logits.argmax(dim=1)
+        if callable(target_class):
+            return target_class(logits)
         targets = torch.as_tensor(target_class, device=logits.device).long().reshape(-1)
         return targets.expand(logits.shape[0]) if targets.numel() == 1 else targets
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from src.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from src.evaluation.operating_point import stored_operating_point
-from src.models.cam import build_cam
+from src.models.cam import TargetClass, build_cam
 from src.models.predictor import Predictor
 from src.utils.run_config import load_run_config
 
@@ -72,21 +72,39 @@ class InferenceMixin:
         label = int(self.decide(probs)[0])
         return self.class_names[label], float(probs[0, label])
 
-    def explain(
+    def explain_with_probs(
         self,
         images: Sequence[ImageInput | PreparedImage],
-        target_class: int | Sequence[int] | torch.Tensor | None = None,
+        target_class: TargetClass = None,
         method: str = "cam",
         **cam_options,
-    ) -> list[np.ndarray]:
-        """One [0, 1] map per image at its ORIGINAL size, for the predicted class unless one is given."""
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Probabilities and one [0, 1] map per image at its ORIGINAL size, from ONE forward pass.
+
+        Without a target class each map explains the image's decision (threshold included).
+        """
         prepared = [self.prepare(image) for image in images]
         batch = torch.stack([p.tensor for p in prepared]).to(self.device)
         if target_class is None:
-            target_class = self.decide(self.predict_proba(batch))
+            target_class = self._decide_from_logits
         cam = build_cam(method, self.net, **cam_options)
-        raw, _, _ = cam.raw_maps(batch, target_class)
-        return [cam.finish(raw[i : i + 1], p.original_size)[0].cpu().numpy() for i, p in enumerate(prepared)]
+        raw, logits, _ = cam.raw_maps(batch, target_class)
+        maps = [cam.finish(raw[i : i + 1], p.original_size)[0].cpu().numpy() for i, p in enumerate(prepared)]
+        return torch.softmax(logits / self.temperature, dim=1).cpu(), maps
+
+    def explain(
+        self,
+        images: Sequence[ImageInput | PreparedImage],
+        target_class: TargetClass = None,
+        method: str = "cam",
+        **cam_options,
+    ) -> list[np.ndarray]:
+        """One [0, 1] map per image at its ORIGINAL size, for the decided class unless one is given."""
+        return self.explain_with_probs(images, target_class, method, **cam_options)[1]
+
+    def _decide_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decision for raw logits (temperature and threshold applied), as CAM targets."""
+        return self.decide(torch.softmax(logits / self.temperature, dim=1))
 
     def generate_cam(
         self,
