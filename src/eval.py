@@ -42,7 +42,7 @@ def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Test the checkpoint, then choose the operating point on val and report test metrics with CIs."""
+    """Predict test and val once each, choose the operating point on val, report test metrics with CIs."""
     train_cfg = load_run_config(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -62,18 +62,16 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if logger:
         log_hyperparameters(object_dict)
 
-    log.info("Starting testing!")
-    trainer.test(model=model, datamodule=datamodule)
-    lightning_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
+    # one pass over each split: the test split through the data module (set-up included), then val
+    log.info("Predicting the test and validation splits")
+    test_outputs = trainer.predict(model=model, datamodule=datamodule)
+    test_predictions = pipeline.collect_predictions(test_outputs, datamodule.data_test.records)
     val_predictions = (
-        pipeline.collect_predictions(trainer, model, datamodule.val_dataloader(), datamodule.data_val.records)
+        pipeline.collect_predictions(
+            trainer.predict(model=model, dataloaders=datamodule.val_dataloader()), datamodule.data_val.records
+        )
         if len(datamodule.data_val)
         else None
-    )
-    test_records = datamodule.data_test.records
-    test_predictions = pipeline.collect_predictions(
-        trainer, model, datamodule.test_dataloader(), test_records
     )
     point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
     log.info(f"Operating point: threshold {point['threshold']:.4f} ({point['method']})")
@@ -92,7 +90,6 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         **pipeline.evaluate_split(test_predictions, point, cfg.bootstrap),
         "confidence": cfg.bootstrap.confidence,
         "n_resamples": cfg.bootstrap.n_resamples,
-        "lightning_test_metrics": lightning_metrics,
     }
     plots = pipeline.write_plots(table, point["threshold"], class_names, out_dir)
     report = pipeline.write_report(summary, plots, out_dir)

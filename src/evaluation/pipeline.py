@@ -7,9 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from lightning import LightningModule, Trainer
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
 from src.evaluation.bootstrap import bootstrap_ci
 from src.evaluation.calibration import apply_temperature, fit_temperature
@@ -37,11 +35,8 @@ class SplitPredictions:
         return apply_temperature(self.log_probs, temperature)
 
 
-def collect_predictions(
-    trainer: Trainer, model: LightningModule, loader: DataLoader, records: pd.DataFrame
-) -> SplitPredictions:
-    """Run the model over an unshuffled loader (images or cached features) that serves `records` in order."""
-    outputs = trainer.predict(model, dataloaders=loader)
+def collect_predictions(outputs: list[dict[str, torch.Tensor]], records: pd.DataFrame) -> SplitPredictions:
+    """Pair `trainer.predict` outputs of an unshuffled loader with the `records` it served, in order."""
     log_probs = torch.cat([batch["log_probs"] for batch in outputs]).double().numpy()
     records = records.loc[:, ["path", "label", "patient_id"]].reset_index(drop=True)
     if len(records) != len(log_probs):

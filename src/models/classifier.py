@@ -26,7 +26,7 @@ def _plain(value: Any) -> Any:
     )
 
 
-def _images(batch: Batch | torch.Tensor) -> torch.Tensor:
+def _inputs(batch: Batch | torch.Tensor) -> torch.Tensor:
     """Accept ``(inputs, labels)`` tuples as well as bare input batches at prediction time."""
     return batch[0] if isinstance(batch, tuple | list) else batch
 
@@ -145,7 +145,7 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
 
     def predict_step(self, batch: Batch | torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and predicted labels for inference and reports."""
-        log_probs = self.log_probs(_images(batch))
+        log_probs = self.log_probs(_inputs(batch))
         probs = log_probs.exp()
         return {"log_probs": log_probs, "probs": probs, "preds": probs.argmax(dim=1)}
 
