@@ -3,9 +3,14 @@
     python benchmarks/data_pipeline.py                     # 512 Kermany 224 px images + the full-res PNGs
     python benchmarks/data_pipeline.py --n 128 --epochs 1
 
-Both loaders run the same reference train pipeline (CLAHE, resize, affine, brightness/contrast, RGB,
-normalise) with the same DataLoader settings; the cache side serves `preprocess` output from a uint8 memmap
-and applies only augment + postprocess. The cache build (a one-off, first epoch only) is timed separately.
+Every side runs the same reference train pipeline (CLAHE, resize, affine, brightness/contrast, RGB,
+normalise) and ends with the float batch the model receives:
+- files: the per-image albumentations pipeline from the files (`--workers` processes);
+- cache: `preprocess` output from a uint8 memmap, augment + postprocess per image (workers, and in-process);
+- cache + batch stage (data.batch_augment): uint8 batches from the memmap in-process, augmented and
+  normalised as whole batches in torch on the CPU, i.e. on the cores the model also needs; on a GPU that
+  stage runs on the device, and the loader alone (`cache_uint8_loader_images_per_s`) is what the CPU pays.
+The cache build (a one-off, first epoch only) is timed separately.
 """
 
 import argparse
@@ -15,38 +20,45 @@ from pathlib import Path
 
 import albumentations as A
 import pandas as pd
+import torch
 from albumentations.pytorch import ToTensorV2
 from common import FULL_RESOLUTION, emit, kermany_sample, machine
 from torch.utils.data import DataLoader
 
+from src.data.batch_augment import BatchAugment, BatchStage
 from src.data.dataset import XrayDataset
 from src.data.image_cache import ImageCache
 from src.data.image_io import read_grayscale
 from src.data.transforms import XrayTransforms
 
 
-def reference_transforms(size: int) -> XrayTransforms:
-    """The configs/data/transforms/xray.yaml pipeline at `size` px."""
+def reference_transforms(size: int, augment: bool = True) -> XrayTransforms:
+    """The configs/data/transforms/xray.yaml pipeline at `size` px (augment=False: left to a batch stage)."""
     return XrayTransforms(
         [A.CLAHE(clip_limit=(2.0, 2.0), tile_grid_size=(8, 8), p=1.0), A.Resize(size, size)],
         [
             A.Affine(rotate=(-10, 10), scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), p=0.5),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ],
+        ]
+        if augment
+        else [],
         [A.ToRGB(num_output_channels=3), A.Normalize(), ToTensorV2()],
     )
 
 
-def images_per_s(dataset: XrayDataset, args: argparse.Namespace, workers: int) -> float:
-    """Mean images/s of full passes over a shuffled training loader with `workers` worker processes."""
+def images_per_s(
+    dataset: XrayDataset, args: argparse.Namespace, workers: int, stage: BatchStage | None = None
+) -> float:
+    """Mean images/s of full passes over a shuffled training loader, each batch finished by `stage` if any."""
     persistent = args.persistent_workers and workers > 0
     loader = DataLoader(
         dataset, batch_size=32, shuffle=True, num_workers=workers, persistent_workers=persistent
     )
     start = time.perf_counter()
     for _ in range(args.epochs):
-        for _batch in loader:
-            pass
+        for images, _labels in loader:
+            if stage is not None:
+                stage(images)
     return round(len(dataset) * args.epochs / (time.perf_counter() - start), 1)
 
 
@@ -64,6 +76,11 @@ def compare(paths: list[str], args: argparse.Namespace) -> dict:
         cached_dataset = XrayDataset(records, cache.read, transforms.train_tail)
         cached = images_per_s(cached_dataset, args, args.workers)
         cached_in_process = images_per_s(cached_dataset, args, 0)
+        batched = reference_transforms(args.image_size, augment=False)  # configs/data/batch_augment/xray.yaml
+        uint8_dataset = XrayDataset(records, cache.read, batched.per_image_train(True), dtype=torch.uint8)
+        stage = BatchStage(BatchAugment(), batched.postprocess, seed=0)
+        uint8_loader = images_per_s(uint8_dataset, args, 0)
+        batch_stage = images_per_s(uint8_dataset, args, 0, stage)
         size_mb = round(cache.array.nbytes / 2**20, 1)
     return {
         "images": len(paths),
@@ -74,6 +91,10 @@ def compare(paths: list[str], args: argparse.Namespace) -> dict:
         # then costs more than it saves, so the main process alone is faster
         "cache_in_process_images_per_s": cached_in_process,
         "speedup_cache_in_process": round(cached_in_process / files, 2),
+        "cache_batch_stage_images_per_s": batch_stage,
+        "speedup_cache_batch_stage": round(batch_stage / files, 2),
+        "cache_uint8_loader_images_per_s": uint8_loader,
+        "speedup_cache_uint8_loader": round(uint8_loader / files, 2),
         "cache_build_s": round(build, 2),
         "cache_mb": size_mb,
     }

@@ -2,6 +2,7 @@
 
 Optional caches (off by default): `image_cache` serves pre-processed pixels from a memory-mapped array, and
 `feature_cache` serves the frozen backbone's pooled features instead of images (see feature_cache.py).
+`batch_augment` moves train augmentation + normalisation from each image to whole uint8 batches on the device.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler, get_worker_info
 
+from src.data.batch_augment import BatchAugment, BatchStage
 from src.data.dataset import XrayDataset
 from src.data.feature_cache import (
     FeatureCache,
@@ -66,6 +69,7 @@ class ChestXrayDataModule(LightningDataModule):
         fold: int = 0,
         image_cache: dict | None = None,
         feature_cache: dict | None = None,
+        batch_augment: BatchAugment | None = None,
     ) -> None:
         super().__init__()
         # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
@@ -79,7 +83,12 @@ class ChestXrayDataModule(LightningDataModule):
         _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
             raise ValueError(f"cross-validation needs folds >= 2 and 0 <= fold < folds, got {folds=} {fold=}")
-        self.save_hyperparameters(logger=False, ignore=["source", "transforms"])
+        if batch_augment is not None and feature_cache["enabled"]:
+            raise ValueError(
+                "data.batch_augment and data.feature_cache exclude each other: the feature cache augments "
+                "per image (data.transforms.augment) before the backbone; drop one of them"
+            )
+        self.save_hyperparameters(logger=False, ignore=["source", "transforms", "batch_augment"])
 
         self.source = source(data_dir)
         self.transforms = transforms
@@ -98,6 +107,8 @@ class ChestXrayDataModule(LightningDataModule):
         self._pixels: dict[str, str] = {}  # what the reader serves, for feature keys: {} = the source's files
         self._feature_cache: FeatureCache | None = None
         self._features: dict[str, FeatureDataset] = {}
+        self.batch_augment = batch_augment
+        self.batch_stage: BatchStage | None = None
 
     def prepare_data(self) -> None:
         """Download or generate the data (Lightning calls this on one process only)."""
@@ -119,9 +130,11 @@ class ChestXrayDataModule(LightningDataModule):
         self._log_split()
 
         train = self._balanced_train(split[split["split"] == "train"])
+        self.batch_stage = self._batch_stage()
         reader, train_transform, eval_transform = self._pixel_pipeline(split["path"].tolist())
         train_transform.set_random_seed(self.hparams.seed)
-        self.data_train = XrayDataset(train, reader, train_transform)
+        train_dtype = torch.float32 if self.batch_stage is None else torch.uint8
+        self.data_train = XrayDataset(train, reader, train_transform, dtype=train_dtype)
         self.data_val = XrayDataset(split[split["split"] == "val"], reader, eval_transform)
         self.data_test = XrayDataset(split[split["split"] == "test"], reader, eval_transform)
         log.info(
@@ -155,10 +168,27 @@ class ChestXrayDataModule(LightningDataModule):
         if self.trainer is not None:
             self.trainer.strategy.barrier("data_cache")
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With data.batch_augment, finish each uint8 train batch (augment + normalise) on its device."""
+        if self.batch_stage is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return self.batch_stage(images), labels
+
+    def _batch_stage(self) -> BatchStage | None:
+        """The batch stage of data.batch_augment, seeded per DDP rank so ranks augment differently."""
+        if self.batch_augment is None:
+            return None
+        rank = 0 if self.trainer is None else self.trainer.global_rank
+        return BatchStage(self.batch_augment, self.transforms.postprocess, self.hparams.seed + rank)
+
     def _pixel_pipeline(self, paths: list[str]) -> tuple[Callable[[str], np.ndarray], A.Compose, A.Compose]:
         """Reader and train/eval transforms: decode files each time, or read the pre-processed image cache."""
         if not self.image_cache_config.enabled:
-            return self.source.read, self.transforms.train, self.eval_transform
+            train = (
+                self.transforms.train if self.batch_stage is None else self.transforms.per_image_train(False)
+            )
+            return self.source.read, train, self.eval_transform
         cache = ImageCache.build(
             paths,
             self.source.read,
@@ -169,7 +199,10 @@ class ChestXrayDataModule(LightningDataModule):
             barrier=self._barrier,
         )
         self._pixels = {"image_cache": cache.key}
-        return cache.read, self.transforms.train_tail, self.transforms.eval_tail
+        train = (
+            self.transforms.train_tail if self.batch_stage is None else self.transforms.per_image_train(True)
+        )
+        return cache.read, train, self.transforms.eval_tail
 
     def _served(self, split: str) -> Dataset:
         """The split's images, or (feature cache on) its cached pooled features, built on first use."""

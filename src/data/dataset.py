@@ -12,12 +12,20 @@ from torch.utils.data import Dataset
 
 
 class XrayDataset(Dataset):
-    """Read each record with the source's reader, transform it, and return (float32 CxHxW, int64 label)."""
+    """Read each record with the source's reader, transform it, and return (CxHxW tensor, int64 label).
+
+    Images come as float32, or as uint8 (`dtype`) when a batch stage augments and normalises them later.
+    """
 
     def __init__(
-        self, records: pd.DataFrame, reader: Callable[[str], np.ndarray], transform: A.Compose
+        self,
+        records: pd.DataFrame,
+        reader: Callable[[str], np.ndarray],
+        transform: A.Compose,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.records = records.reset_index(drop=True)
+        self.dtype = dtype
         self.reader = reader
         self.transform = transform
         self._paths = self.records["path"].tolist()
@@ -27,8 +35,14 @@ class XrayDataset(Dataset):
         return len(self._paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.transform(image=self.reader(self._paths[index]))["image"]
-        return _to_chw_tensor(image), torch.tensor(self._labels[index], dtype=torch.int64)
+        path = self._paths[index]
+        image = _to_chw_tensor(self.transform(image=self.reader(path))["image"])
+        if self.dtype == torch.uint8 and image.dtype != torch.uint8:
+            raise ValueError(
+                f"{path}: data.batch_augment needs uint8 pixels from the per-image steps, got {image.dtype} "
+                "(keep Normalize in data.transforms.postprocess, where the batch stage applies it)"
+            )
+        return image.to(self.dtype), torch.tensor(self._labels[index], dtype=torch.int64)
 
     def reseed(self, seed: int) -> None:
         """Give this copy of the dataset its own augmentation stream (one per DataLoader worker)."""
@@ -38,6 +52,6 @@ class XrayDataset(Dataset):
 def _to_chw_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Accept ToTensorV2 output or a plain HxW / HxWxC array, so a pipeline need not end in ToTensorV2."""
     if isinstance(image, torch.Tensor):
-        return image.float()
+        return image
     array = image[:, :, None] if image.ndim == 2 else image
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))

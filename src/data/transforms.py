@@ -27,3 +27,7 @@ class XrayTransforms:
         self.preprocessing = A.Compose(self.preprocess)
         self.train_tail = A.Compose([*self.augment, *self.postprocess])
         self.eval_tail = A.Compose(self.postprocess)
+
+    def per_image_train(self, cached: bool) -> A.Compose:
+        """The train steps left per image when a batch stage (data.batch_augment) does the postprocess."""
+        return A.Compose([*([] if cached else self.preprocess), *self.augment])

@@ -1,0 +1,173 @@
+"""Batch augmentation (data.batch_augment): same geometry as albumentations, exact normalisation, wiring."""
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from albumentations.pytorch import ToTensorV2
+from data_helpers import IMAGENET_MEAN, IMAGENET_STD, folder_datamodule, make_class_folders, small_transforms
+from helpers import compose_config
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from src.data.batch_augment import BatchAugment, BatchNormalize, BatchStage
+from src.data.dataset import XrayDataset
+from src.data.image_io import read_grayscale
+from src.train import train
+
+POSTPROCESS = [A.ToRGB(num_output_channels=3), A.Normalize(IMAGENET_MEAN, IMAGENET_STD), ToTensorV2()]
+
+
+def smooth_image(height: int = 64, width: int = 48) -> np.ndarray:
+    """A smooth, non-square uint8 pattern, so resampling differences stay small and orientation shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    return (127 + 100 * np.sin(x / 7.0) * np.cos(y / 9.0) + y).clip(0, 255).astype(np.uint8)
+
+
+def fixed(**params: float) -> BatchAugment:
+    """A BatchAugment whose affine always applies these exact parameters and never touches intensity."""
+    rotate, scale, translate = (
+        params.get("rotate", 0.0),
+        params.get("scale", 1.0),
+        params.get("translate", 0.0),
+    )
+    return BatchAugment(
+        rotate=(rotate, rotate), scale=(scale, scale), translate=(translate, translate), affine_p=1.0,
+        intensity_p=0.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"rotate": 30.0}, {"rotate": -20.0, "scale": 0.9}, {"scale": 1.2}, {"translate": 0.25}],
+)
+def test_affine_matches_albumentations(params):
+    """Rotation sense, zoom and shift mean what albumentations' Affine means, on a non-square image."""
+    image = smooth_image()
+    reference = A.Affine(
+        rotate=(params.get("rotate", 0.0),) * 2,
+        scale=(params.get("scale", 1.0),) * 2,
+        translate_percent=(params.get("translate", 0.0),) * 2,  # 0.25 of 64 x 48: whole pixels, as A rounds
+        p=1.0,
+    )(image=image)["image"].astype(np.float32)
+    ours = fixed(**params)(torch.from_numpy(image)[None, None].float())[0, 0].numpy()
+    assert np.abs(ours - reference).mean() < 0.5  # of 0..255; the wrong rotation sense gives ~50
+
+
+def test_identity_parameters_change_nothing():
+    """Zero rotation and shift at scale 1 resample every pixel onto itself; p=0 steps never run."""
+    images = torch.randint(0, 256, (4, 1, 20, 30), dtype=torch.uint8).float()
+    torch.testing.assert_close(fixed()(images), images, atol=1e-3, rtol=0)
+    untouched = BatchAugment(rotate=(-40, 40), brightness=0.5, contrast=0.5, affine_p=0.0, intensity_p=0.0)
+    assert torch.equal(untouched(images), images)
+
+
+def test_brightness_shifts_each_image_by_its_own_constant():
+    """Brightness alone adds one constant per image, within +-limit x 255, different between images."""
+    images = torch.full((16, 1, 8, 8), 128.0)
+    out = BatchAugment(brightness=0.2, contrast=0.0, affine_p=0.0, intensity_p=1.0)(images)
+    shift = (out - images).flatten(1)
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift))
+    assert shift.abs().max() <= 0.2 * 255 + 1e-4
+    assert shift[:, 0].unique().numel() == 16
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_affine_probability_hits_about_that_share_of_images():
+    """affine_p=0.5 warps roughly half the batch; the other images come back untouched."""
+    images = smooth_image(32, 32)[None, None].repeat(400, 0)
+    out = BatchAugment(rotate=(20, 30), affine_p=0.5, intensity_p=0.0)(torch.from_numpy(images).float())
+    warped = (out != torch.from_numpy(images).float()).flatten(1).any(1).float().mean().item()
+    assert 0.4 < warped < 0.6
+
+
+def test_batch_normalize_equals_the_albumentations_postprocess():
+    """The fused ToRGB + Normalize gives the per-image eval tail's exact float input."""
+    image = smooth_image()
+    reference = A.Compose(POSTPROCESS)(image=image)["image"]
+    ours = BatchNormalize(POSTPROCESS)(torch.from_numpy(image)[None, None].float())[0]
+    assert ours.shape == reference.shape == (3, 64, 48)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_batch_normalize_refuses_steps_it_cannot_fuse():
+    """A postprocess step the batch stage cannot reproduce is named, not skipped."""
+    with pytest.raises(ValueError, match="HorizontalFlip"):
+        BatchNormalize([A.HorizontalFlip(p=1.0), A.Normalize()])
+
+
+def test_stage_is_seeded_and_wants_uint8():
+    """The same seed gives the same augmented batch; float input is refused (it would be normalised twice)."""
+    images = torch.randint(0, 256, (8, 1, 24, 24), dtype=torch.uint8)
+    first, second = (BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images) for _ in range(2))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, BatchStage(BatchAugment(), POSTPROCESS, seed=4)(images))
+    with pytest.raises(TypeError, match="uint8"):
+        BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images.float())
+
+
+def test_bad_ranges_are_refused():
+    with pytest.raises(ValueError, match="rotate"):
+        BatchAugment(rotate=(10, -10))
+    with pytest.raises(ValueError, match="affine_p"):
+        BatchAugment(affine_p=1.5)
+
+
+@pytest.mark.parametrize("image_cache", [False, True])
+def test_datamodule_serves_uint8_train_batches_and_finishes_them_on_transfer(tmp_path, image_cache):
+    """Train batches leave the loader as uint8 and reach the model normalised; val batches are per-image."""
+    make_class_folders(tmp_path / "data")
+    transforms = small_transforms()
+    no_augment = type(transforms)(transforms.preprocess, [], transforms.postprocess)
+    dm = folder_datamodule(
+        tmp_path / "data",
+        transforms=no_augment,
+        batch_augment=BatchAugment(affine_p=0.0, intensity_p=0.0),
+        image_cache={"enabled": image_cache, "dir": str(tmp_path / "cache")},
+    )
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape[1:] == (1, 16, 16)
+
+    class Trainer:  # the hook only asks whether the trainer is training
+        training = True
+
+    dm.trainer = Trainer()
+    finished, same_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert same_labels is labels
+    # without augmentation the batch stage must give what the per-image eval pipeline gives for those pixels
+    expected = torch.stack([A.Compose(POSTPROCESS)(image=i[0].numpy())["image"] for i in images])
+    torch.testing.assert_close(finished, expected, atol=1e-5, rtol=0)
+    val_images, _ = next(iter(dm.val_dataloader()))
+    assert val_images.dtype == torch.float32 and val_images.shape[1] == 3
+    Trainer.training = False
+    assert dm.on_after_batch_transfer((images, labels), 0)[0] is images
+
+
+def test_per_image_dataset_refuses_float_pixels_for_the_batch_stage(tmp_path):
+    """A per-image step that leaves floats would be truncated to uint8: named with the file instead."""
+    path = make_class_folders(tmp_path, counts=(1, 0))[0]
+    records = pd.DataFrame({"path": [str(path)], "label": [0]})
+    dataset = XrayDataset(records, read_grayscale, A.Compose([A.Normalize()]), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=path.name):
+        dataset[0]
+
+
+def test_batch_augment_excludes_the_feature_cache(tmp_path):
+    with pytest.raises(ValueError, match="feature_cache"):
+        folder_datamodule(tmp_path, batch_augment=BatchAugment(), feature_cache={"enabled": True})
+
+
+def test_smoke_training_with_the_batch_stage(cfg_train):
+    """train.py with data/batch_augment=xray: one fast_dev_run step on batches finished by the stage."""
+    cfg = compose_config("train.yaml", ["experiment=smoke", "data/batch_augment=xray"])
+    with open_dict(cfg_train):
+        cfg_train.data.batch_augment = cfg.data.batch_augment
+        cfg_train.data.transforms.augment = []
+        cfg_train.trainer.fast_dev_run = True
+    HydraConfig().set_config(cfg_train)
+    metrics, objects = train(cfg_train)
+    assert objects["datamodule"].batch_stage is not None
+    assert objects["trainer"].global_step == 1
+    assert torch.isfinite(metrics["train/loss"])
