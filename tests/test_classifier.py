@@ -298,3 +298,63 @@ def test_compile_keeps_state_dict_keys() -> None:
     model.setup("fit")
     assert list(model.state_dict()) == keys
     assert model.net._compiled_call_impl is not None
+
+
+def _smoothed_nll(log_probs: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Label smoothing written out: (1 - eps) NLL of the label + eps x mean NLL over the classes."""
+    nll = -log_probs.gather(1, labels[:, None]).squeeze(1)
+    return ((1 - eps) * nll + eps * -log_probs.mean(dim=1)).mean()
+
+
+def test_label_smoothing_shapes_the_train_loss_only() -> None:
+    """train/loss is the smoothed loss (hand-computed); val/loss stays the plain NLL."""
+    model = _model(optimizer=SGD_FROZEN, label_smoothing=0.2)
+    train, val = _loader(n=16, batch_size=16, seed=5), _loader(n=16, batch_size=16, seed=6)
+    trainer = _trainer(max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    images, labels = next(iter(train))
+    with torch.no_grad():
+        expected_train = _smoothed_nll(model.train()(images), labels, 0.2)  # BN uses batch stats, as in fit
+        val_images, val_labels = next(iter(val))
+        expected_val = nn.functional.nll_loss(model.eval()(val_images), val_labels)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected_train), abs=1e-5)
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(expected_val), abs=1e-5)
+    assert float(expected_train) != pytest.approx(float(_smoothed_nll(model.train()(images), labels, 0.0)))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        _model(label_smoothing=1.0)
+
+
+def test_channels_last_changes_layout_not_results() -> None:
+    """channels_last converts the weights to NHWC in setup; the log-probabilities stay the same."""
+    plain, nhwc = _model(), _model(channels_last=True)
+    nhwc.trainer = _trainer()
+    nhwc.setup("fit")
+    assert next(nhwc.net.features.parameters()).is_contiguous(memory_format=torch.channels_last)
+    images, labels = (torch.cat(parts) for parts in zip(*_loader(), strict=True))
+    logged = _trainer().test(nhwc, dataloaders=_loader(), verbose=False)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.eval()(images), plain.eval()(images), atol=1e-4, rtol=1e-4)
+        expected = float(nn.functional.nll_loss(plain.eval()(images), labels))
+    assert logged["test/loss"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_cosine_scheduler_spans_the_run() -> None:
+    """model/scheduler=cosine decays lr to eta_min over trainer.max_epochs."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train.yaml",
+            overrides=["model=resnet18", "model/scheduler=cosine", "trainer.max_epochs=4"],
+        )
+    model = instantiate(cfg.model, weights=None)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    eta, lr = 1e-5, 1e-3
+    expected = [eta + (lr - eta) * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(4)]
+    assert lrs == pytest.approx(expected)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(eta)
