@@ -10,7 +10,7 @@ import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from src.evaluation.report import aggregate_folds, format_fold_table  # noqa: E402
+from src.evaluation.report import aggregate_runs, format_runs_table  # noqa: E402
 from src.train import train  # noqa: E402
 from src.utils import RankedLogger, extras  # noqa: E402
 
@@ -46,9 +46,9 @@ def main(cfg: DictConfig) -> None:
             {k.removeprefix("test/"): float(v) for k, v in metrics.items() if k.startswith("test/")}
         )
     pd.DataFrame(per_fold, index=pd.Index(folds, name="fold")).to_csv(out_dir / "cv_folds.csv")
-    summary = aggregate_folds(per_fold)
+    summary = aggregate_runs(per_fold)
     summary.to_csv(out_dir / "cv_results.csv", index_label="metric")
-    table = format_fold_table(summary)
+    table = format_runs_table(summary)
     (out_dir / "cv_results.md").write_text(f"# {len(folds)}-fold cross-validation ({group})\n\n{table}\n")
     log.info(f"Cross-validation results:\n{table}")
 

@@ -8,10 +8,10 @@ import pytest
 from src.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_diff, resample_indices
 from src.evaluation.metrics import METRIC_KEYS, RATE_KEYS
 from src.evaluation.report import (
-    aggregate_folds,
+    aggregate_runs,
     format_comparison_table,
-    format_fold_table,
     format_metrics_table,
+    format_runs_table,
 )
 
 
@@ -145,11 +145,12 @@ def test_report_tables_render_bootstrap_output() -> None:
 def test_fold_aggregation() -> None:
     """Mean and sample std per metric, NaN folds left out of the count."""
     folds = [{"auroc": 0.8, "f1": 0.5}, {"auroc": 0.9, "f1": float("nan")}, {"auroc": 1.0, "f1": 0.7}]
-    table = aggregate_folds(folds)
+    table = aggregate_runs(folds)
     assert table.loc["auroc", "mean"] == pytest.approx(0.9)
     assert table.loc["auroc", "std"] == pytest.approx(0.1)
     assert table.loc["f1", "mean"] == pytest.approx(0.6)
-    assert table.loc["f1", "n_folds"] == 2
-    text = format_fold_table(table)
-    assert "| auroc | 0.900 ± 0.100 | 3 |" in text
-    assert "| f1 | 0.600 ± 0.141 | 2 |" in text
+    assert table.loc["f1", "n"] == 2
+    assert (table.loc["auroc", "min"], table.loc["auroc", "max"]) == (0.8, 1.0)
+    text = format_runs_table(table)
+    assert "| auroc | 0.900 ± 0.100 | 0.800 to 1.000 | 3 |" in text
+    assert "| f1 | 0.600 ± 0.141 | 0.500 to 0.700 | 2 |" in text

@@ -83,16 +83,29 @@ def format_comparison_table(
     return f"{metrics}\n\n{tests}"
 
 
-def aggregate_folds(fold_metrics: Sequence[Mapping[str, float]]) -> pd.DataFrame:
-    """Mean, sample std and number of defined folds per metric, across cross-validation folds."""
-    table = pd.DataFrame(list(fold_metrics), dtype=np.float64)
-    return pd.DataFrame({"mean": table.mean(), "std": table.std(ddof=1), "n_folds": table.count()})
+def aggregate_runs(run_metrics: Sequence[Mapping[str, float]]) -> pd.DataFrame:
+    """Mean, sample std, range and number of defined runs per metric, across folds or seeds."""
+    table = pd.DataFrame(list(run_metrics), dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "mean": table.mean(),
+            "std": table.std(ddof=1),
+            "min": table.min(),
+            "max": table.max(),
+            "n": table.count(),
+        }
+    )
 
 
-def format_fold_table(df: pd.DataFrame) -> str:
-    """metric | mean ± std | folds, from aggregate_folds."""
+def format_runs_table(df: pd.DataFrame, unit: str = "folds") -> str:
+    """metric | mean ± std | range | number of runs, from aggregate_runs."""
     rows = [
-        [str(metric), f"{fmt(row['mean'])} ± {fmt(row['std'])}", str(int(row["n_folds"]))]
+        [
+            str(metric),
+            f"{fmt(row['mean'])} ± {fmt(row['std'])}",
+            f"{fmt(row['min'])} to {fmt(row['max'])}",
+            str(int(row["n"])),
+        ]
         for metric, row in df.iterrows()
     ]
-    return markdown_table(["metric", "mean ± std", "folds"], rows)
+    return markdown_table(["metric", "mean ± std", "range", unit], rows)
