@@ -44,7 +44,12 @@ format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+RESULTS := logs/results/kermany_resnet18_scratch
+results: $(STAMP) ## Reproduce docs/results.md: 3 seeds of kermany_resnet18_scratch, eval each, summarise (~1.5 h)
+	PYTHON=$(BIN)/python OUT=$(RESULTS) bash scripts/kermany_results.sh
+	$(BIN)/python src/summarize_seeds.py 'runs=[$(RESULTS)/seed_*/eval]' output=$(RESULTS)/seeds.md
+
 clean-logs: ## Delete logs/
 	rm -rf logs/
 
-.PHONY: help install test test-fast train eval smoke lint format clean-logs
+.PHONY: help install test test-fast train eval smoke lint format results clean-logs

@@ -60,6 +60,7 @@ def test_missing_eval_outputs_are_named(tmp_path):
         expand_runs([str(tmp_path / "seed_*" / "eval")])
 
 
+@pytest.mark.slow
 def test_summarize_seeds_entry_point(tmp_path):
     for seed in ACCURACY:
         fake_eval_run(tmp_path, seed)
