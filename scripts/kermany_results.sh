@@ -3,7 +3,7 @@
 # checkpoint on the official test split with the threshold chosen on the validation split (never on test/).
 #   bash scripts/kermany_results.sh                       # seeds 42 43 44, ../shared/data/chest_xray_kermany224
 #   SEEDS="42" DATA=/path/to/chest_xray bash scripts/kermany_results.sh
-# Then: python src/summarize_runs.py runs='[<OUT>/seed_42/eval,...]' (see docs/results.md).
+# Then: python src/summarize_seeds.py runs='[<OUT>/seed_*/eval]' (make results runs both).
 set -euo pipefail
 DATA=${DATA:-../shared/data/chest_xray_kermany224}
 SEEDS=${SEEDS:-"42 43 44"}

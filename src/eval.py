@@ -12,7 +12,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from lightning import LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from src.evaluation import pipeline  # noqa: E402
 from src.evaluation.operating_point import json_ready, save_operating_point  # noqa: E402
@@ -21,6 +21,9 @@ from src.utils import RankedLogger, extras, instantiate_loggers, log_hyperparame
 from src.utils.run_config import load_run_config  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
+
+# what ensemble members must share with ckpt_path's run: the pixels they see and the images they trained on
+SHARED_DATA_KEYS = ("data_dir", "seed", "fractions", "folds", "fold", "image_size", "transforms")
 
 
 def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
@@ -40,10 +43,49 @@ def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
     return data_cfg
 
 
+def check_ensemble(train_cfg: DictConfig, members: list[str]) -> None:
+    """Refuse members trained on another pipeline or split (their val images could be training images)."""
+    for ckpt in members:
+        data = load_run_config(ckpt).data
+        differs = [
+            key
+            for key in SHARED_DATA_KEYS
+            if OmegaConf.select(data, key) != OmegaConf.select(train_cfg.data, key)
+        ]
+        if differs:
+            raise ValueError(
+                f"ensemble member {ckpt} was trained with other data settings than ckpt_path: "
+                f"data.{differs} differ; an ensemble needs one pre-processing and one split"
+            )
+
+
+def load_model(ckpt_path: str, model_cls: type[LightningModule]) -> LightningModule:
+    """A checkpoint's model; its weights replace the backbone's, so no ImageNet download happens."""
+    log.info(f"Loading model <{model_cls.__name__}> from {ckpt_path}")
+    return model_cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, weights=None)
+
+
+def predict_splits(
+    trainer: Trainer, model: LightningModule, datamodule: LightningDataModule
+) -> tuple[pipeline.SplitPredictions, pipeline.SplitPredictions | None]:
+    """One pass over each split: the test split through the data module (set-up included), then val."""
+    test_outputs = trainer.predict(model=model, datamodule=datamodule)
+    test = pipeline.collect_predictions(test_outputs, datamodule.data_test.records)
+    if not len(datamodule.data_val):
+        return test, None
+    val_outputs = trainer.predict(model=model, dataloaders=datamodule.val_dataloader())
+    return test, pipeline.collect_predictions(val_outputs, datamodule.data_val.records)
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Predict test and val once each, choose the operating point on val, report test metrics with CIs."""
+    """Predict test and val once each, choose the operating point on val, report test metrics with CIs.
+
+    With `ensemble`, every member predicts both splits and their probabilities are averaged first.
+    """
     train_cfg = load_run_config(cfg.ckpt_path)
+    members = [str(path) for path in cfg.get("ensemble") or []]
+    check_ensemble(train_cfg, members)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -51,28 +93,18 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info(f"Instantiating datamodule <{data_cfg._target_}>")
     datamodule: LightningDataModule = hydra.utils.instantiate(data_cfg)
     model_cls = hydra.utils.get_class(train_cfg.model._target_)
-    log.info(f"Loading model <{model_cls.__name__}> from {cfg.ckpt_path}")
-    # the checkpoint's weights replace the backbone's, so skip any ImageNet download
-    model: LightningModule = model_cls.load_from_checkpoint(
-        cfg.ckpt_path, map_location="cpu", weights_only=True, weights=None
-    )
+    model = load_model(cfg.ckpt_path, model_cls)
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger)
     object_dict = {"cfg": cfg, "datamodule": datamodule, "model": model, "logger": logger, "trainer": trainer}
     if logger:
         log_hyperparameters(object_dict)
 
-    # one pass over each split: the test split through the data module (set-up included), then val
-    log.info("Predicting the test and validation splits")
-    test_outputs = trainer.predict(model=model, datamodule=datamodule)
-    test_predictions = pipeline.collect_predictions(test_outputs, datamodule.data_test.records)
-    val_predictions = (
-        pipeline.collect_predictions(
-            trainer.predict(model=model, dataloaders=datamodule.val_dataloader()), datamodule.data_val.records
-        )
-        if len(datamodule.data_val)
-        else None
-    )
+    log.info(f"Predicting the test and validation splits with {1 + len(members)} model(s)")
+    parts = [predict_splits(trainer, model, datamodule)]
+    parts += [predict_splits(trainer, load_model(ckpt, model_cls), datamodule) for ckpt in members]
+    test_predictions = pipeline.average_predictions([test for test, _ in parts])
+    val_predictions = None if parts[0][1] is None else pipeline.average_predictions([val for _, val in parts])
     point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
     log.info(f"Operating point: threshold {point['threshold']:.4f} ({point['method']})")
 
@@ -82,6 +114,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     table.to_csv(out_dir / "predictions.csv", index=False)
     summary = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "ensemble": [str(Path(ckpt).resolve()) for ckpt in members],
         "split": "test",
         "n": len(table),
         "n_per_class": {name: int((table["label"] == i).sum()) for i, name in enumerate(class_names)},
@@ -98,7 +131,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     chosen_now = (
         cfg.operating_point.method in {"youden", "sensitivity"} or cfg.operating_point.temperature is True
     )
-    if cfg.operating_point.save and chosen_now:
+    if cfg.operating_point.save and chosen_now and not members:  # an ensemble's point is no one checkpoint's
         sidecar = save_operating_point(point, cfg.ckpt_path, summary["ckpt_path"])
         log.info(f"Operating point saved to {sidecar} (predict.py and eval on other data reuse it)")
     publish(summary, plots, table, trainer.loggers, class_names, cfg.wandb_table_rows)

@@ -188,3 +188,47 @@ def test_eval_on_cached_features_matches_eval_on_images(cfg_train, cfg_eval, tmp
     cached = pd.read_csv(tmp_path / "cached" / "predictions.csv")
     assert (images["path"] == cached["path"]).all()
     np.testing.assert_allclose(images["probability"], cached["probability"], atol=1e-4)
+
+
+def perturbed_copy(ckpt: Path, out: Path, data_seed: int | None = None) -> Path:
+    """Another model of the same run: head weights shifted (and optionally the stored data seed changed)."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["net.head.fc.bias"] += torch.tensor([0.8, -0.8])
+    if data_seed is not None:
+        checkpoint["run_config"]["data"]["seed"] = data_seed
+    torch.save(checkpoint, out)
+    return out
+
+
+def eval_probabilities(cfg_eval, tmp_path: Path, name: str, ckpt: Path, ensemble=(), **point) -> pd.DataFrame:
+    """Evaluate into its own folder and return its predictions table."""
+    with open_dict(cfg_eval):
+        cfg_eval.paths.output_dir = str(tmp_path / name)
+        cfg_eval.ensemble = [str(member) for member in ensemble]
+    Path(cfg_eval.paths.output_dir).mkdir()
+    run_eval(cfg_eval, str(ckpt), **point)
+    return pd.read_csv(tmp_path / name / "predictions.csv")
+
+
+def test_ensemble_averages_member_probabilities(smoke_checkpoint, cfg_eval, tmp_path):
+    """ensemble=[B]: each test probability is the mean of A's and B's; its val threshold is not saved to A."""
+    first = tmp_path / "a.ckpt"
+    shutil.copy(smoke_checkpoint, first)
+    second = perturbed_copy(smoke_checkpoint, tmp_path / "b.ckpt")
+    alone_a = eval_probabilities(cfg_eval, tmp_path, "a", first, method="fixed", threshold=0.5)
+    alone_b = eval_probabilities(cfg_eval, tmp_path, "b", second, method="fixed", threshold=0.5)
+    both = eval_probabilities(cfg_eval, tmp_path, "ab", first, [second], method="youden")
+    assert not np.allclose(alone_a["probability"], alone_b["probability"], atol=1e-3)
+    expected = (alone_a["probability"] + alone_b["probability"]) / 2
+    np.testing.assert_allclose(both["probability"], expected, atol=2e-6)
+    summary = json.loads((tmp_path / "ab" / "metrics.json").read_text())
+    assert summary["ensemble"] == [str(second.resolve())]
+    assert not first.with_suffix(".operating_point.json").exists()
+
+
+def test_ensemble_refuses_members_of_another_split(smoke_checkpoint, cfg_eval, tmp_path):
+    other = perturbed_copy(smoke_checkpoint, tmp_path / "other_split.ckpt", data_seed=999)
+    with open_dict(cfg_eval):
+        cfg_eval.ensemble = [str(other)]
+    with pytest.raises(ValueError, match=r"other_split\.ckpt.*seed"):
+        run_eval(cfg_eval, str(smoke_checkpoint))

@@ -46,6 +46,18 @@ def collect_predictions(outputs: list[dict[str, torch.Tensor]], records: pd.Data
     return SplitPredictions(records, log_probs)
 
 
+def average_predictions(members: list[SplitPredictions]) -> SplitPredictions:
+    """An ensemble's predictions: the mean of its members' probabilities on the same images, row for row."""
+    first = members[0]
+    if len(members) == 1:
+        return first
+    for member in members[1:]:
+        if not member.records["path"].equals(first.records["path"]):
+            raise RuntimeError("ensemble members predicted different images: they must share one data module")
+    mean = np.mean([np.exp(member.log_probs) for member in members], axis=0)
+    return SplitPredictions(first.records, np.log(mean))
+
+
 def nll(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-likelihood of the true classes."""
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
@@ -139,6 +151,10 @@ def write_report(summary: dict[str, Any], plots: list[Path], out_dir: Path) -> P
         "# Evaluation report",
         "",
         f"- checkpoint: `{summary['ckpt_path']}`",
+        *(
+            f"- ensemble member (probabilities averaged): `{member}`"
+            for member in summary.get("ensemble", [])
+        ),
         f"- images: {summary['n']} ({', '.join(f'{k}: {v}' for k, v in summary['n_per_class'].items())})",
         f"- operating point: threshold {point['threshold']:.4f} ({point['method']}, {point['chosen_on']})",
         f"- confidence intervals: {summary['confidence']:.0%} bootstrap, {summary['n_resamples']} resamples "
