@@ -66,18 +66,20 @@ def compare(paths: list[str], args: argparse.Namespace) -> dict:
     """Files vs cache on one image set."""
     transforms = reference_transforms(args.image_size)
     records = pd.DataFrame({"path": paths, "label": 0})
-    files = images_per_s(XrayDataset(records, read_grayscale, transforms.train), args, args.workers)
+    files = images_per_s(XrayDataset(records, read_grayscale, transforms.train_steps()), args, args.workers)
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         cache = ImageCache.build(
             paths, read_grayscale, transforms.preprocessing, directory, args.workers or 1
         )
         build = time.perf_counter() - start
-        cached_dataset = XrayDataset(records, cache.read, transforms.train_tail)
+        cached_dataset = XrayDataset(records, cache.read, transforms.train_steps(cached=True))
         cached = images_per_s(cached_dataset, args, args.workers)
         cached_in_process = images_per_s(cached_dataset, args, 0)
         batched = reference_transforms(args.image_size, augment=False)  # configs/data/batch_augment/xray.yaml
-        uint8_dataset = XrayDataset(records, cache.read, batched.per_image_train(True), dtype=torch.uint8)
+        uint8_dataset = XrayDataset(
+            records, cache.read, batched.train_steps(cached=True, batched=True), dtype=torch.uint8
+        )
         stage = BatchStage(BatchAugment(), batched.postprocess, seed=0)
         uint8_loader = images_per_s(uint8_dataset, args, 0)
         batch_stage = images_per_s(uint8_dataset, args, 0, stage)

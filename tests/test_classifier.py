@@ -336,6 +336,13 @@ def test_channels_last_changes_layout_not_results() -> None:
         torch.testing.assert_close(nhwc.eval()(images), plain.eval()(images), atol=1e-4, rtol=1e-4)
         expected = float(nn.functional.nll_loss(plain.eval()(images), labels))
     assert logged["test/loss"] == pytest.approx(expected, abs=1e-4)
+    # the feature cache feeds pooled B x C features: channels_last leaves them alone
+    pooled = DataLoader(TensorDataset(torch.randn(8, 512), torch.arange(8) % 2), batch_size=8)
+    pooled_loss = _trainer().test(nhwc, dataloaders=pooled, verbose=False)[0]["test/loss"]
+    features, targets = next(iter(pooled))
+    with torch.no_grad():
+        expected = float(nn.functional.nll_loss(plain.net.head.from_pooled(features), targets))
+    assert pooled_loss == pytest.approx(expected, abs=1e-5)
 
 
 def test_cosine_scheduler_spans_the_run() -> None:

@@ -184,11 +184,9 @@ class ChestXrayDataModule(LightningDataModule):
 
     def _pixel_pipeline(self, paths: list[str]) -> tuple[Callable[[str], np.ndarray], A.Compose, A.Compose]:
         """Reader and train/eval transforms: decode files each time, or read the pre-processed image cache."""
+        batched = self.batch_stage is not None
         if not self.image_cache_config.enabled:
-            train = (
-                self.transforms.train if self.batch_stage is None else self.transforms.per_image_train(False)
-            )
-            return self.source.read, train, self.eval_transform
+            return self.source.read, self.transforms.train_steps(batched=batched), self.eval_transform
         cache = ImageCache.build(
             paths,
             self.source.read,
@@ -199,10 +197,11 @@ class ChestXrayDataModule(LightningDataModule):
             barrier=self._barrier,
         )
         self._pixels = {"image_cache": cache.key}
-        train = (
-            self.transforms.train_tail if self.batch_stage is None else self.transforms.per_image_train(True)
+        return (
+            cache.read,
+            self.transforms.train_steps(cached=True, batched=batched),
+            self.transforms.eval_tail,
         )
-        return cache.read, train, self.transforms.eval_tail
 
     def _served(self, split: str) -> Dataset:
         """The split's images, or (feature cache on) its cached pooled features, built on first use."""

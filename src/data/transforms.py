@@ -8,9 +8,9 @@ import albumentations as A
 
 
 class XrayTransforms:
-    """Build `train` (preprocess + augment + postprocess) and `eval` (preprocess + postprocess) once.
+    """Build `eval` (preprocess + postprocess) once; `train_steps` inserts augment in between.
 
-    `preprocessing`, `train_tail` and `eval_tail` split them at the point a pre-processed image cache stores.
+    `preprocessing` and `eval_tail` split the eval pipeline at the point a pre-processed image cache stores.
     """
 
     def __init__(
@@ -22,12 +22,16 @@ class XrayTransforms:
         self.preprocess = list(preprocess)
         self.augment = list(augment)
         self.postprocess = list(postprocess)
-        self.train = A.Compose([*self.preprocess, *self.augment, *self.postprocess])
         self.eval = A.Compose([*self.preprocess, *self.postprocess])
         self.preprocessing = A.Compose(self.preprocess)
-        self.train_tail = A.Compose([*self.augment, *self.postprocess])
         self.eval_tail = A.Compose(self.postprocess)
 
-    def per_image_train(self, cached: bool) -> A.Compose:
-        """The train steps left per image when a batch stage (data.batch_augment) does the postprocess."""
-        return A.Compose([*([] if cached else self.preprocess), *self.augment])
+    def train_steps(self, cached: bool = False, batched: bool = False) -> A.Compose:
+        """Per-image train pipeline: preprocess, augment, postprocess, less what a cache or batch stage does.
+
+        `cached`: the image cache already holds preprocess output; `batched`: data.batch_augment applies the
+        postprocess to whole batches.
+        """
+        return A.Compose(
+            [*([] if cached else self.preprocess), *self.augment, *([] if batched else self.postprocess)]
+        )

@@ -121,7 +121,7 @@ class PneumoniaClassifier(InferenceMixin, LightningModule):
     ) -> torch.Tensor:
         """Compute the loss, update the stage's metric objects and log them for epoch-end aggregation."""
         inputs, labels = batch
-        if self.hparams.channels_last:
+        if self.hparams.channels_last and inputs.dim() == 4:  # not the feature cache's pooled B x C inputs
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         log_probs = self.log_probs(inputs)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
