@@ -25,11 +25,11 @@ from albumentations.pytorch import ToTensorV2
 from common import FULL_RESOLUTION, emit, kermany_sample, machine
 from torch.utils.data import DataLoader
 
-from src.data.batch_augment import BatchAugment, BatchStage
-from src.data.dataset import XrayDataset
-from src.data.image_cache import ImageCache
-from src.data.image_io import read_grayscale
-from src.data.transforms import XrayTransforms
+from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
+from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.image_cache import ImageCache
+from pneumonia_cam.data.image_io import read_grayscale
+from pneumonia_cam.data.transforms import XrayTransforms
 
 
 def reference_transforms(size: int, augment: bool = True) -> XrayTransforms:

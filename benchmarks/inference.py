@@ -16,9 +16,12 @@ import torch
 from common import emit, kermany_sample, machine
 from torchvision import models
 
-from src.data.preprocessor import ImagePreprocessor
-from src.data.transforms import XrayTransforms
-from src.models.classifier import PneumoniaClassifier
+from pneumonia_cam.data.preprocessor import ImagePreprocessor
+from pneumonia_cam.data.transforms import XrayTransforms
+from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.models.classifier import PneumoniaClassifier
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 
 
 def eval_images(n: int, size: int) -> torch.Tensor:
@@ -92,7 +95,9 @@ def main() -> None:
     for name, (precision, compile) in settings.items():
         model = PneumoniaClassifier(backbone=args.backbone, weights=None).eval()
         model.load_state_dict(ours.state_dict())
-        variants[name] = model.to(device).configure_inference(precision, compile).predict_proba
+        variants[name] = (
+            InferenceModel(model.net, CLASS_NAMES).to(device).configure(precision, compile).predict_proba
+        )
 
     results = {}
     for batch_size in args.batch_sizes:

@@ -30,9 +30,9 @@ def run_side(args: argparse.Namespace) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from src.data.datamodule import ChestXrayDataModule
-    from src.data.sources import FolderSource
-    from src.models.classifier import PneumoniaClassifier
+    from pneumonia_cam.data.datamodule import ChestXrayDataModule
+    from pneumonia_cam.data.sources import FolderSource
+    from pneumonia_cam.models.classifier import PneumoniaClassifier
 
     cached, precision = SIDES[args.side]
     workdir = Path(args.workdir)

@@ -10,9 +10,9 @@ from pathlib import Path  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.evaluation.comparison import compare, comparison_markdown, read_predictions  # noqa: E402
-from src.evaluation.operating_point import json_ready  # noqa: E402
-from src.utils import RankedLogger, extras  # noqa: E402
+from pneumonia_cam.evaluation.comparison import compare, comparison_markdown, read_predictions  # noqa: E402
+from pneumonia_cam.evaluation.operating_point import json_ready  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 

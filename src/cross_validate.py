@@ -10,9 +10,9 @@ import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from src.evaluation.report import aggregate_runs, format_runs_table  # noqa: E402
+from pneumonia_cam.evaluation.report import aggregate_runs, format_runs_table  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras  # noqa: E402
 from src.train import train  # noqa: E402
-from src.utils import RankedLogger, extras  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 

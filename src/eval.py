@@ -10,15 +10,16 @@ from typing import Any  # noqa: E402
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-from lightning import LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning import LightningDataModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-from src.evaluation import pipeline  # noqa: E402
-from src.evaluation.operating_point import json_ready, save_operating_point  # noqa: E402
-from src.evaluation.publish import publish  # noqa: E402
-from src.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
-from src.utils.run_config import load_run_config  # noqa: E402
+from pneumonia_cam.evaluation import pipeline  # noqa: E402
+from pneumonia_cam.evaluation.operating_point import json_ready, save_operating_point  # noqa: E402
+from pneumonia_cam.evaluation.publish import publish  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel, PredictionModule  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
+from pneumonia_cam.utils.run_config import load_run_config, training_split_sha256  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
@@ -59,22 +60,49 @@ def check_ensemble(train_cfg: DictConfig, members: list[str]) -> None:
             )
 
 
-def load_model(ckpt_path: str, model_cls: type[LightningModule]) -> LightningModule:
-    """A checkpoint's model; its weights replace the backbone's, so no ImageNet download happens."""
-    log.info(f"Loading model <{model_cls.__name__}> from {ckpt_path}")
-    return model_cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, weights=None)
+def load_model(ckpt_path: str) -> InferenceModel:
+    """A checkpoint's inference model (fp32); eval chooses its own operating point, so none is loaded."""
+    log.info(f"Loading {ckpt_path}")
+    return InferenceModel.from_checkpoint(ckpt_path, operating_point="default")
 
 
 def predict_splits(
-    trainer: Trainer, model: LightningModule, datamodule: LightningDataModule
+    trainer: Trainer, model: InferenceModel, datamodule: LightningDataModule
 ) -> tuple[pipeline.SplitPredictions, pipeline.SplitPredictions | None]:
-    """One pass over each split: the test split through the data module (set-up included), then val."""
-    test_outputs = trainer.predict(model=model, datamodule=datamodule)
-    test = pipeline.collect_predictions(test_outputs, datamodule.data_test.records)
+    """One pass over each split: the test split through the data module (set-up included), then val.
+
+    Labels are renumbered into the model's class order by name (the checkpoint's class names are the truth).
+    """
+    module = PredictionModule(model)
+    test_outputs = trainer.predict(model=module, datamodule=datamodule)
+    labels = pipeline.label_map(datamodule.class_names, model.class_names)
+    test = pipeline.collect_predictions(test_outputs, datamodule.data_test.records, labels)
     if not len(datamodule.data_val):
         return test, None
-    val_outputs = trainer.predict(model=model, dataloaders=datamodule.val_dataloader())
-    return test, pipeline.collect_predictions(val_outputs, datamodule.data_val.records)
+    val_outputs = trainer.predict(model=module, dataloaders=datamodule.val_dataloader())
+    return test, pipeline.collect_predictions(val_outputs, datamodule.data_val.records, labels)
+
+
+def save_sidecar(cfg: DictConfig, point: dict[str, Any], split_hash: str, members: list[str]) -> None:
+    """Save an operating point chosen on the checkpoint's OWN validation split; else say why not."""
+    chosen_now = (
+        cfg.operating_point.method in {"youden", "sensitivity"} or cfg.operating_point.temperature is True
+    )
+    if not (cfg.operating_point.save and chosen_now):
+        return
+    trained_on = training_split_sha256(cfg.ckpt_path)
+    if members:  # an ensemble's point is no one checkpoint's
+        log.info("Operating point not saved: it belongs to the ensemble, not to one checkpoint")
+    elif trained_on is None or split_hash != trained_on:
+        log.info(
+            f"Operating point not saved: it was chosen on split {split_hash}, not on the split the "
+            f"checkpoint was trained on ({trained_on}); only the model's own validation split may set it"
+        )
+    else:
+        sidecar = save_operating_point(point, cfg.ckpt_path, split_hash)
+        log.info(
+            f"Operating point saved to {sidecar} (predict.py, the server and eval on other data reuse it)"
+        )
 
 
 @task_wrapper
@@ -92,8 +120,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     data_cfg = resolve_data_config(cfg, train_cfg)
     log.info(f"Instantiating datamodule <{data_cfg._target_}>")
     datamodule: LightningDataModule = hydra.utils.instantiate(data_cfg)
-    model_cls = hydra.utils.get_class(train_cfg.model._target_)
-    model = load_model(cfg.ckpt_path, model_cls)
+    model = load_model(cfg.ckpt_path)
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger)
     object_dict = {"cfg": cfg, "datamodule": datamodule, "model": model, "logger": logger, "trainer": trainer}
@@ -102,14 +129,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info(f"Predicting the test and validation splits with {1 + len(members)} model(s)")
     parts = [predict_splits(trainer, model, datamodule)]
-    parts += [predict_splits(trainer, load_model(ckpt, model_cls), datamodule) for ckpt in members]
+    parts += [predict_splits(trainer, load_model(ckpt), datamodule) for ckpt in members]
     test_predictions = pipeline.average_predictions([test for test, _ in parts])
     val_predictions = None if parts[0][1] is None else pipeline.average_predictions([val for _, val in parts])
     point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
     log.info(f"Operating point: threshold {point['threshold']:.4f} ({point['method']})")
 
     out_dir = Path(cfg.paths.output_dir)
-    class_names = list(datamodule.class_names)
+    class_names = list(model.class_names)
     table = pipeline.predictions_table(test_predictions, point, class_names)
     table.to_csv(out_dir / "predictions.csv", index=False)
     summary = {
@@ -128,12 +155,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     report = pipeline.write_report(summary, plots, out_dir)
     metrics_path = out_dir / cfg.metrics_file
     metrics_path.write_text(json.dumps(json_ready(summary), indent=2, sort_keys=True))
-    chosen_now = (
-        cfg.operating_point.method in {"youden", "sensitivity"} or cfg.operating_point.temperature is True
-    )
-    if cfg.operating_point.save and chosen_now and not members:  # an ensemble's point is no one checkpoint's
-        sidecar = save_operating_point(point, cfg.ckpt_path, summary["ckpt_path"])
-        log.info(f"Operating point saved to {sidecar} (predict.py and eval on other data reuse it)")
+    save_sidecar(cfg, point, datamodule.split_hash, members)
     publish(summary, plots, table, trainer.loggers, class_names, cfg.wandb_table_rows)
     log.info(f"Metrics: {metrics_path}; report: {report}")
     return summary, object_dict

@@ -11,10 +11,11 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from src.data.inputs import list_inputs  # noqa: E402
-from src.models.batch_inference import predict_paths  # noqa: E402
-from src.utils import RankedLogger, extras, task_wrapper  # noqa: E402
-from src.utils.explain_io import cam_arguments, load_model, write_overlay  # noqa: E402
+from pneumonia_cam.data.inputs import list_inputs  # noqa: E402
+from pneumonia_cam.inference.batch import predict_paths  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel  # noqa: E402
+from pneumonia_cam.inference.outputs import cam_arguments, write_overlay  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras, task_wrapper  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
@@ -22,7 +23,7 @@ log = RankedLogger(__name__, rank_zero_only=True)
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[dict, dict]:
     """Write one CSV row per input (errors included) and, with cam_dir, one overlay per readable image."""
-    model = load_model(cfg)
+    model = InferenceModel.from_config(cfg)
     paths = list_inputs(cfg.input)
     cam_dir = Path(cfg.cam_dir) if cfg.get("cam_dir") else None
     if cam_dir:
@@ -32,9 +33,9 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
         model, paths, cfg.batch_size, **cam_arguments(cfg.cam, enabled=cam_dir is not None)
     )
     for index, prediction in enumerate(tqdm(results, total=len(paths), unit="img", desc="predict")):
-        rows.append(prediction.row(model.threshold))
+        rows.append(prediction.row(model.operating_point.threshold))
         if cam_dir and prediction.error is None:
-            write_overlay(prediction, index, cam_dir, cfg.cam, model.class_names[-1])
+            write_overlay(prediction, index, cam_dir, cfg.cam, model.positive_name)
     table = pd.DataFrame(rows)
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)

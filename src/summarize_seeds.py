@@ -9,8 +9,8 @@ from pathlib import Path  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.evaluation.seeds import expand_runs, load_seed_run, seeds_markdown  # noqa: E402
-from src.utils import RankedLogger, extras  # noqa: E402
+from pneumonia_cam.evaluation.seeds import expand_runs, load_seed_run, seeds_markdown  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 

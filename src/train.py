@@ -12,7 +12,7 @@ from lightning import Callback, LightningDataModule, LightningModule, Trainer  #
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.utils import (  # noqa: E402
+from pneumonia_cam.utils import (  # noqa: E402
     RankedLogger,
     extras,
     get_metric_value,
@@ -21,8 +21,8 @@ from src.utils import (  # noqa: E402
     log_hyperparameters,
     task_wrapper,
 )
-from src.utils.run_config import RunConfigInCheckpoint  # noqa: E402
-from src.utils.training_curves import write_training_curves  # noqa: E402
+from pneumonia_cam.utils.run_config import RunConfigInCheckpoint  # noqa: E402
+from pneumonia_cam.utils.training_curves import write_training_curves  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 

@@ -11,11 +11,12 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from src.data.inputs import list_inputs  # noqa: E402
-from src.models.batch_inference import predict_paths  # noqa: E402
-from src.utils import RankedLogger, extras, task_wrapper  # noqa: E402
-from src.utils.explain_io import cam_arguments, load_model, write_overlay  # noqa: E402
-from src.utils.overlay import grid  # noqa: E402
+from pneumonia_cam.data.inputs import list_inputs  # noqa: E402
+from pneumonia_cam.inference.batch import predict_paths  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel  # noqa: E402
+from pneumonia_cam.inference.outputs import cam_arguments, write_overlay  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras, task_wrapper  # noqa: E402
+from pneumonia_cam.utils.overlay import grid  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
@@ -23,7 +24,7 @@ log = RankedLogger(__name__, rank_zero_only=True)
 @task_wrapper
 def visualize(cfg: DictConfig) -> tuple[dict, dict]:
     """Write an overlay per readable image and a grid of all of them; list the unreadable ones."""
-    model = load_model(cfg)
+    model = InferenceModel.from_config(cfg)
     paths = list_inputs(cfg.input)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -34,7 +35,7 @@ def visualize(cfg: DictConfig) -> tuple[dict, dict]:
             failed.append(prediction)
             log.warning(f"Skipped {prediction.path}: {prediction.error}")
             continue
-        written.append(write_overlay(prediction, index, out_dir, cfg.cam, model.class_names[-1]))
+        written.append(write_overlay(prediction, index, out_dir, cfg.cam, model.positive_name))
     if written:
         tiles = [cv2.imread(str(path)) for path in written]
         cv2.imwrite(str(out_dir / "grid.png"), grid(tiles, cfg.grid_tile, cfg.grid_columns))

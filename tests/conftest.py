@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from helpers import compose_config  # noqa: E402
 
-import src.utils  # noqa: E402,F401  (registers the config resolvers)
+import pneumonia_cam.utils  # noqa: E402,F401  (registers the config resolvers)
 
 
 @pytest.fixture(scope="session")

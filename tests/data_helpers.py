@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from src.data.datamodule import ChestXrayDataModule
-from src.data.sources import FolderSource
-from src.data.transforms import XrayTransforms
+from pneumonia_cam.data.datamodule import ChestXrayDataModule
+from pneumonia_cam.data.sources import FolderSource
+from pneumonia_cam.data.transforms import XrayTransforms
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision import models
 
-from src.models.backbones import build_backbone, is_weights_path
+from pneumonia_cam.models.backbones import build_backbone, is_weights_path
 
 
 @pytest.fixture(autouse=True)

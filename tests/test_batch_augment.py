@@ -11,9 +11,9 @@ from helpers import compose_config
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from src.data.batch_augment import BatchAugment, BatchNormalize, BatchStage
-from src.data.dataset import XrayDataset
-from src.data.image_io import read_grayscale
+from pneumonia_cam.data.batch_augment import BatchAugment, BatchNormalize, BatchStage
+from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.image_io import read_grayscale
 from src.train import train
 
 POSTPROCESS = [A.ToRGB(num_output_channels=3), A.Normalize(IMAGENET_MEAN, IMAGENET_STD), ToTensorV2()]

@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from src.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_diff, resample_indices
-from src.evaluation.metrics import METRIC_KEYS, RATE_KEYS
-from src.evaluation.report import (
+from pneumonia_cam.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_diff, resample_indices
+from pneumonia_cam.evaluation.metrics import METRIC_KEYS, RATE_KEYS
+from pneumonia_cam.evaluation.report import (
     aggregate_runs,
     format_comparison_table,
     format_metrics_table,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from src.evaluation.calibration import apply_temperature, fit_temperature, nll, reliability_bins
-from src.evaluation.metrics import point_metrics
+from pneumonia_cam.evaluation.calibration import apply_temperature, fit_temperature, nll, reliability_bins
+from pneumonia_cam.evaluation.metrics import point_metrics
 
 
 def calibrated_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ import gc
 import pytest
 import torch
 
-from src.models.cam import CAM, GradCAM, build_cam
-from src.models.net import ChestXrayNet
+from pneumonia_cam.models.cam import CAM, GradCAM, build_cam
+from pneumonia_cam.models.net import ChestXrayNet
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.data.sources import SyntheticSource
-from src.models.cam import CAM
-from src.models.net import ClassifierHead
+from pneumonia_cam.data.sources import SyntheticSource
+from pneumonia_cam.models.cam import CAM
+from pneumonia_cam.models.net import ClassifierHead
 
 
 class TinyNet(nn.Module):

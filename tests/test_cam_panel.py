@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.callbacks.cam_panel import CAMPanel
-from src.utils import instantiate_loggers
+from pneumonia_cam.callbacks.cam_panel import CAMPanel
+from pneumonia_cam.utils import instantiate_loggers
 
 
 def test_cam_panel_logged_every_k_epochs(cfg_train, tmp_path):

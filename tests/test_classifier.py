@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import models
 
-from src.models.classifier import PneumoniaClassifier
+from pneumonia_cam.models.classifier import PneumoniaClassifier
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -281,14 +281,14 @@ def test_invalid_monitor_is_rejected(monitor: str, mode: str) -> None:
         _model(monitor=monitor, monitor_mode=mode)
 
 
-def test_predict_returns_probabilities_and_labels() -> None:
+def test_predict_returns_log_probabilities_only() -> None:
+    """Training code returns log-probabilities; decisions belong to the operating point (no arg-max here)."""
     model = _model()
     outputs = _trainer().predict(model, dataloaders=_loader(n=10, batch_size=5))
-    probs = torch.cat([out["probs"] for out in outputs])
-    preds = torch.cat([out["preds"] for out in outputs])
+    assert all(set(out) == {"log_probs"} for out in outputs)
+    probs = torch.cat([out["log_probs"] for out in outputs]).exp()
     assert probs.shape == (10, 2)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(10))
-    assert torch.equal(preds, probs.argmax(dim=1))
 
 
 def test_compile_keeps_state_dict_keys() -> None:

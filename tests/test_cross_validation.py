@@ -8,9 +8,9 @@ import pytest
 from helpers import assert_ok, run_entry_point
 from omegaconf import OmegaConf
 
-from src.evaluation.bootstrap import paired_bootstrap_diff
-from src.evaluation.comparison import compare, pair
-from src.evaluation.significance import delong_test, mcnemar_exact
+from pneumonia_cam.evaluation.bootstrap import paired_bootstrap_diff
+from pneumonia_cam.evaluation.comparison import compare, pair
+from pneumonia_cam.evaluation.significance import delong_test, mcnemar_exact
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"]
 

@@ -14,8 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch.utils.data import WeightedRandomSampler
 
-from src.data.datamodule import ChestXrayDataModule
-from src.data.sources import MedMNISTSource
+from pneumonia_cam.data.datamodule import ChestXrayDataModule
+from pneumonia_cam.data.sources import MedMNISTSource
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FRACTIONS = (0.6, 0.2, 0.2)
@@ -126,7 +126,7 @@ def test_bad_images_error_lists_every_path(folder: Path) -> None:
 
 def test_bad_images_skip_drops_and_records_them(folder: Path, tmp_path: Path, caplog) -> None:
     bad = _break(folder)
-    with caplog.at_level(logging.WARNING, logger="src.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="pneumonia_cam.data.datamodule"):
         dm = _ready(folder_datamodule(folder, on_bad_image="skip", output_dir=str(tmp_path / "run")))
     assert "Skipping 2 of 82" in caplog.text
     used = {p for ds in (dm.data_train, dm.data_val, dm.data_test) for p in ds.records["path"]}

@@ -13,11 +13,11 @@ from helpers import KERMANY, assert_ok, run_entry_point
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
+from pneumonia_cam.evaluation.pipeline import SplitPredictions, choose_operating_point
+from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.utils.run_config import load_run_config
 from src.eval import evaluate
-from src.evaluation.pipeline import SplitPredictions, choose_operating_point
-from src.models.classifier import PneumoniaClassifier
 from src.train import train
-from src.utils.run_config import load_run_config
 
 QUIET = ["extras.print_config=false", "trainer.enable_progress_bar=false"]
 
@@ -112,9 +112,9 @@ def test_chosen_threshold_and_temperature_are_reused(smoke_checkpoint, cfg_eval,
     assert sidecar["temperature"] == pytest.approx(point["temperature"])
     assert summary["calibration"]["nll_after"] <= summary["calibration"]["nll_before"] + 1e-9
 
-    model = PneumoniaClassifier.load_pretrained(ckpt)
-    assert model.threshold == pytest.approx(point["threshold"])
-    assert model.temperature == pytest.approx(point["temperature"])
+    model = InferenceModel.from_checkpoint(ckpt)
+    assert model.operating_point.threshold == pytest.approx(point["threshold"])
+    assert model.operating_point.temperature == pytest.approx(point["temperature"])
 
     with open_dict(cfg_eval):
         cfg_eval.paths.output_dir = str(tmp_path / "again")

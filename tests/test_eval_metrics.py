@@ -1,10 +1,10 @@
-"""Point metrics of src.evaluation.metrics against scikit-learn as the oracle."""
+"""Point metrics of pneumonia_cam.evaluation.metrics against scikit-learn as the oracle."""
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from src.evaluation.metrics import METRIC_KEYS, point_metrics
+from pneumonia_cam.evaluation.metrics import METRIC_KEYS, point_metrics
 
 CASES = {
     "balanced": (

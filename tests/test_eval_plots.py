@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.evaluation.plots import (
+from pneumonia_cam.evaluation.plots import (
     plot_confusion_matrix,
     plot_precision_recall,
     plot_reliability,

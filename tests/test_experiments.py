@@ -13,8 +13,8 @@ from omegaconf import open_dict
 from src.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
-FOLDER_SOURCE = "src.data.sources.FolderSource"
-MEDMNIST_SOURCE = "src.data.sources.MedMNISTSource"
+FOLDER_SOURCE = "pneumonia_cam.data.sources.FolderSource"
+MEDMNIST_SOURCE = "pneumonia_cam.data.sources.MedMNISTSource"
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ from helpers import compose_config
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from src.data.dataset import XrayDataset
-from src.data.feature_cache import FeatureCache, FeatureCacheConfig
-from src.data.image_cache import ImageCache
-from src.models.classifier import PneumoniaClassifier
-from src.models.net import ChestXrayNet
+from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.feature_cache import FeatureCache, FeatureCacheConfig
+from pneumonia_cam.data.image_cache import ImageCache
+from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.models.classifier import PneumoniaClassifier
+from pneumonia_cam.models.net import ChestXrayNet
 
 SIZE = 32
 EVAL = A.Compose(
@@ -150,8 +151,9 @@ def test_bf16_predictor_agrees_with_fp32(image_records):
     batch = torch.stack([dataset(image_records)[i][0] for i in range(8)])
     with torch.no_grad():
         eager = torch.softmax(model(batch), dim=1)
-    torch.testing.assert_close(model.predict_proba(batch), eager, atol=1e-5, rtol=0)
-    bf16 = model.configure_inference(precision="bf16").predict_proba(batch)
+    inference = InferenceModel(model.net, ("NORMAL", "PNEUMONIA"))
+    torch.testing.assert_close(inference.predict_proba(batch), eager, atol=1e-5, rtol=0)
+    bf16 = inference.configure(precision="bf16").predict_proba(batch)
     assert (bf16 - eager).abs().max() <= 0.05
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.folds import assign_folds
+from pneumonia_cam.data.folds import assign_folds
 
 
 @pytest.fixture

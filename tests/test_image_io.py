@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from src.data.image_io import ImageReadError, read_grayscale
+from pneumonia_cam.data.image_io import ImageReadError, read_grayscale
 
 
 def _write(path: Path, image: np.ndarray) -> Path:

@@ -11,17 +11,18 @@ import pytest
 import torch
 from helpers import FULL_RESOLUTION, KERMANY, assert_ok, run_entry_point
 
-from src.data.preprocessor import ImagePreprocessor
-from src.models.classifier import PneumoniaClassifier
-from src.utils.run_config import load_run_config
+from pneumonia_cam.data.preprocessor import ImagePreprocessor
+from pneumonia_cam.evaluation.operating_point import OperatingPoint
+from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.utils.run_config import load_run_config
 
 QUIET = ["extras.print_config=false"]
 
 
 @pytest.fixture(scope="module")
-def model(smoke_checkpoint: Path) -> PneumoniaClassifier:
+def model(smoke_checkpoint: Path) -> InferenceModel:
     """The smoke model, loaded as a user would."""
-    return PneumoniaClassifier.load_pretrained(smoke_checkpoint)
+    return InferenceModel.load_pretrained(smoke_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_predict_matches_model_probabilities(model, test_split):
     correct = 0
     for _, row in test_split.head(8).iterrows():
         label, confidence = model.predict(row["path"])
-        probs = model(model.preprocessor.process(row["path"])[None]).exp()[0]
+        probs = model.net(model.preprocessor.process(row["path"])[None]).exp()[0]
         expected = int(probs[1] >= 0.5)
         assert label == model.class_names[expected]
         assert confidence == pytest.approx(float(probs[expected]), abs=1e-6)
@@ -95,7 +96,7 @@ def test_predict_cli_lists_every_input_and_writes_overlays(smoke_checkpoint, tes
     broken = table[table["path"].str.endswith("broken.png")].iloc[0]
     assert "cannot be decoded" in broken["error"] and broken["prediction"] == ""
     for _, row in table[table["error"] == ""].iterrows():
-        probs = model(model.preprocessor.process(row["path"])[None]).exp()[0]
+        probs = model.net(model.preprocessor.process(row["path"])[None]).exp()[0]
         assert float(row["probability"]) == pytest.approx(float(probs[1]), abs=1e-5)
         assert row["prediction"] == model.class_names[int(probs[1] >= 0.5)]
     assert (table["threshold"] == 0.5).all()
@@ -162,13 +163,14 @@ def test_explain_with_probs_one_pass_matches_separate_calls(model, test_split):
     paths = list(test_split["path"].head(4))
     prepared = [model.prepare(path) for path in paths]
     separate = model.predict_proba(torch.stack([p.tensor for p in prepared]))
-    original = model.threshold
+    original = model.operating_point
     try:
-        model.threshold = 1.1  # nothing reaches it: every decision is class 0, whatever the arg-max says
+        # nothing reaches it: every decision is class 0, whatever the arg-max says
+        model.operating_point = OperatingPoint(threshold=1.1)
         probs, maps = model.explain_with_probs(prepared)
         expected = model.explain(prepared, target_class=0)
     finally:
-        model.threshold = original
+        model.operating_point = original
     torch.testing.assert_close(probs, separate, atol=1e-5, rtol=0)
     for got, want in zip(maps, expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.models.net import ChestXrayNet
+from pneumonia_cam.models.net import ChestXrayNet
 
 
 def _net(**kwargs: object) -> ChestXrayNet:

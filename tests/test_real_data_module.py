@@ -8,9 +8,9 @@ import pytest
 import torch
 from data_helpers import small_transforms
 
-from src.data.datamodule import ChestXrayDataModule
-from src.data.image_io import read_grayscale
-from src.data.sources import FolderSource, ManifestSource
+from pneumonia_cam.data.datamodule import ChestXrayDataModule
+from pneumonia_cam.data.image_io import read_grayscale
+from pneumonia_cam.data.sources import FolderSource, ManifestSource
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KERMANY = SHARED / "chest_xray_kermany224"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import assert_ok, run_entry_point
 
-from src.evaluation.seeds import REPORTED, expand_runs, load_seed_run, seeds_markdown
+from pneumonia_cam.evaluation.seeds import REPORTED, expand_runs, load_seed_run, seeds_markdown
 
 ACCURACY = {7: 0.90, 8: 0.92, 9: 0.97}  # mean 0.93, sample std 0.036056
 

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from src.evaluation.significance import delong_test, delong_variance, mcnemar_exact
+from pneumonia_cam.evaluation.significance import delong_test, delong_variance, mcnemar_exact
 
 
 def predictions_with_discordance(b: int, c: int, concordant: int = 20) -> tuple[np.ndarray, ...]:

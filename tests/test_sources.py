@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from data_helpers import make_class_folders, write_image
 
-from src.data.sources import FolderSource, ManifestSource, MedMNISTSource, SyntheticSource
+from pneumonia_cam.data.sources import FolderSource, ManifestSource, MedMNISTSource, SyntheticSource
 
 
 def test_folder_source_class_folders(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.splits import (
+from pneumonia_cam.data.splits import (
     assign_splits,
     carve_validation,
     patient_id_from_filename,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from src.evaluation.metrics import point_metrics
-from src.evaluation.thresholds import choose_threshold
+from pneumonia_cam.evaluation.metrics import point_metrics
+from pneumonia_cam.evaluation.thresholds import choose_threshold
 
 
 def test_fixed_is_half() -> None:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src.utils import get_metric_value
-from src.utils.resolvers import optuna_direction, wandb_offline
+from pneumonia_cam.utils import get_metric_value
+from pneumonia_cam.utils.resolvers import optuna_direction, wandb_offline
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_get_metric_value():
 
 def test_csv_logger_keeps_columns_written_by_another_process(tmp_path):
     """A second writer (ddp_spawn's test stage) adds columns without losing or breaking the first's rows."""
-    from src.utils.csv_logger import CSVLogger
+    from pneumonia_cam.utils.csv_logger import CSVLogger
 
     fit = CSVLogger(save_dir=tmp_path, name="csv", version=0)
     fit.log_metrics({"train/loss": 0.5, "val/loss": 0.4}, step=0)

@@ -1,0 +1,400 @@
+"""The Lightning data module: any ImageSource -> checked, patient-grouped split -> balanced DataLoaders.
+
+Optional caches (off by default): `image_cache` serves pre-processed pixels from a memory-mapped array, and
+`feature_cache` serves the frozen backbone's pooled features instead of images (see feature_cache.py).
+`batch_augment` moves train augmentation + normalisation from each image to whole uint8 batches on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler, get_worker_info
+
+from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
+from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.feature_cache import (
+    FeatureCache,
+    FeatureCacheConfig,
+    FeatureDataset,
+    View,
+    require_frozen_backbone,
+)
+from pneumonia_cam.data.folds import assign_folds
+from pneumonia_cam.data.image_cache import ImageCache, ImageCacheConfig
+from pneumonia_cam.data.image_io import ImageReadError
+from pneumonia_cam.data.sources import RECORD_COLUMNS, ImageSource
+from pneumonia_cam.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
+from pneumonia_cam.data.transforms import XrayTransforms
+
+log = logging.getLogger(__name__)
+
+BALANCE_MODES = ("none", "undersample", "sampler", "loss_weights")
+BAD_IMAGE_MODES = ("error", "skip")
+SPLIT_FILENAME = "split.csv"
+
+
+class ChestXrayDataModule(LightningDataModule):
+    """Split once (seeded, by patient), check every image, and serve train/val/test/predict loaders."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        source: Callable[[str], ImageSource],
+        transforms: XrayTransforms,
+        image_size: int = 224,
+        class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+        fractions: Sequence[float] = (0.85, 0.074, 0.074),
+        seed: int = 42,
+        balance: str = "none",
+        batch_size: int = 32,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        on_bad_image: str = "error",
+        check_images: bool = True,
+        output_dir: str | None = None,
+        folds: int | None = None,
+        fold: int = 0,
+        image_cache: dict | None = None,
+        feature_cache: dict | None = None,
+        batch_augment: BatchAugment | None = None,
+    ) -> None:
+        super().__init__()
+        # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
+        data_dir = str(data_dir)
+        class_names = tuple(str(name) for name in class_names)
+        fractions = tuple(float(fraction) for fraction in fractions)
+        output_dir = None if output_dir is None else str(output_dir)
+        image_cache = asdict(ImageCacheConfig(**(image_cache or {})))
+        feature_cache = asdict(FeatureCacheConfig(**(feature_cache or {})))
+        _check_choice("balance", balance, BALANCE_MODES)
+        _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise ValueError(f"cross-validation needs folds >= 2 and 0 <= fold < folds, got {folds=} {fold=}")
+        if batch_augment is not None and feature_cache["enabled"]:
+            raise ValueError(
+                "data.batch_augment and data.feature_cache exclude each other: the feature cache augments "
+                "per image (data.transforms.augment) before the backbone; drop one of them"
+            )
+        self.save_hyperparameters(logger=False, ignore=["source", "transforms", "batch_augment"])
+
+        self.source = source(data_dir)
+        self.transforms = transforms
+        self.eval_transform = transforms.eval
+        self.class_names = class_names
+        self.num_classes = len(class_names)
+        self.class_weights: torch.Tensor | None = None
+        self.records: pd.DataFrame | None = None
+        self.split_path: str | None = None
+        self.split_hash: str | None = None
+        self.data_train: XrayDataset | None = None
+        self.data_val: XrayDataset | None = None
+        self.data_test: XrayDataset | None = None
+        self.image_cache_config = ImageCacheConfig(**image_cache)
+        self.feature_cache_config = FeatureCacheConfig(**feature_cache)
+        self._pixels: dict[str, str] = {}  # what the reader serves, for feature keys: {} = the source's files
+        self._feature_cache: FeatureCache | None = None
+        self._features: dict[str, FeatureDataset] = {}
+        self.batch_augment = batch_augment
+        self.batch_stage: BatchStage | None = None
+
+    def prepare_data(self) -> None:
+        """Download or generate the data (Lightning calls this on one process only)."""
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build records, split, image check and datasets once; later calls (fit, then test) reuse them."""
+        if self.feature_cache_config.enabled and self.trainer is not None:
+            require_frozen_backbone(self.trainer.lightning_module.net)  # fail before any work is done
+        if self.records is not None:
+            return
+        records = self._validated_records(self.source.records())
+        bad = self._find_bad_images(records) if self.hparams.check_images else {}
+        good = records[~records["path"].isin(bad)]
+        split = self._split(good).assign(status="ok")
+        skipped = records[records["path"].isin(bad)].assign(status=lambda df: df["path"].map(bad))
+        self.records = pd.concat([split, skipped], ignore_index=True)
+        self._write_split()
+        self._log_split()
+
+        train = self._balanced_train(split[split["split"] == "train"])
+        self.batch_stage = self._batch_stage()
+        reader, train_transform, eval_transform = self._pixel_pipeline(split["path"].tolist())
+        train_transform.set_random_seed(self.hparams.seed)
+        train_dtype = torch.float32 if self.batch_stage is None else torch.uint8
+        self.data_train = XrayDataset(train, reader, train_transform, dtype=train_dtype)
+        self.data_val = XrayDataset(split[split["split"] == "val"], reader, eval_transform)
+        self.data_test = XrayDataset(split[split["split"] == "test"], reader, eval_transform)
+        log.info(
+            "Split sizes: train %d, val %d, test %d",
+            len(self.data_train),
+            len(self.data_val),
+            len(self.data_test),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, or drawn by a class-balancing sampler when balance='sampler'."""
+        sampler = self._balancing_sampler() if self.hparams.balance == "sampler" else None
+        return self._loader(self._served("train"), shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._served("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._served("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction runs on the test split, with the shared eval transform."""
+        return self.test_dataloader()
+
+    def _is_writer(self) -> bool:
+        """The one process per machine that writes caches (DDP: local rank 0; the others wait, then read)."""
+        return self.trainer is None or self.trainer.local_rank == 0
+
+    def _barrier(self) -> None:
+        """Wait for every DDP rank (a no-op without a Trainer or with one process)."""
+        if self.trainer is not None:
+            self.trainer.strategy.barrier("data_cache")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With data.batch_augment, finish each uint8 train batch (augment + normalise) on its device."""
+        if self.batch_stage is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return self.batch_stage(images), labels
+
+    def _batch_stage(self) -> BatchStage | None:
+        """The batch stage of data.batch_augment, seeded per DDP rank so ranks augment differently."""
+        if self.batch_augment is None:
+            return None
+        rank = 0 if self.trainer is None else self.trainer.global_rank
+        return BatchStage(self.batch_augment, self.transforms.postprocess, self.hparams.seed + rank)
+
+    def _pixel_pipeline(self, paths: list[str]) -> tuple[Callable[[str], np.ndarray], A.Compose, A.Compose]:
+        """Reader and train/eval transforms: decode files each time, or read the pre-processed image cache."""
+        batched = self.batch_stage is not None
+        if not self.image_cache_config.enabled:
+            return self.source.read, self.transforms.train_steps(batched=batched), self.eval_transform
+        cache = ImageCache.build(
+            paths,
+            self.source.read,
+            self.transforms.preprocessing,
+            self.image_cache_config.dir,
+            threads=max(2, self.hparams.num_workers),
+            is_writer=self._is_writer(),
+            barrier=self._barrier,
+        )
+        self._pixels = {"image_cache": cache.key}
+        return (
+            cache.read,
+            self.transforms.train_steps(cached=True, batched=batched),
+            self.transforms.eval_tail,
+        )
+
+    def _served(self, split: str) -> Dataset:
+        """The split's images, or (feature cache on) its cached pooled features, built on first use."""
+        dataset = {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a DataLoader")
+        if not self.feature_cache_config.enabled:
+            return dataset
+        if split not in self._features:
+            features = self._cache().features(dataset, self._views(split), split, self._pixels)
+            epoch = self._current_epoch if split == "train" else lambda: 0
+            self._features[split] = FeatureDataset(features, dataset.records["label"], epoch)
+        return self._features[split]
+
+    def _views(self, split: str) -> list[View]:
+        """K seeded train views when augmenting, else the single deterministic eval view."""
+        views, eval_transform = self.feature_cache_config.views, self.data_val.transform
+        if split != "train" or views == 0 or not self.transforms.augment:
+            return [(eval_transform, None)]
+        return [(self.data_train.transform, self.hparams.seed)] * views
+
+    def _cache(self) -> FeatureCache:
+        """The feature cache of the Trainer's model (created once: it hashes the backbone weights)."""
+        if self.trainer is None:
+            raise RuntimeError("data.feature_cache needs the model: use it through trainer.fit/validate/test")
+        if self._feature_cache is None:
+            self._feature_cache = FeatureCache(
+                self.feature_cache_config,
+                self.trainer.lightning_module.net,
+                num_workers=self.hparams.num_workers,
+                is_writer=self._is_writer(),
+                barrier=self._barrier,
+            )
+        return self._feature_cache
+
+    def _current_epoch(self) -> int:
+        """The Trainer's epoch, which picks the train view (epoch % views)."""
+        return self.trainer.current_epoch
+
+    def _validated_records(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Fail early on a source that breaks the records contract (columns, labels, splits, duplicates)."""
+        missing = [column for column in RECORD_COLUMNS if column not in records]
+        if missing:
+            raise ValueError(f"{type(self.source).__name__}.records() lacks column(s) {missing}")
+        if records.empty:
+            raise ValueError(f"{type(self.source).__name__} found no images in {self.hparams.data_dir}")
+        bad_labels = sorted(set(records["label"].astype(int)) - set(range(self.num_classes)))
+        if bad_labels:
+            raise ValueError(
+                f"labels {bad_labels} are outside 0..{self.num_classes - 1} for classes {self.class_names}"
+            )
+        bad_splits = sorted(set(records["split"]) - {"", *SPLITS})
+        if bad_splits:
+            raise ValueError(f"unknown split names {bad_splits}; expected {list(SPLITS)} or ''")
+        duplicated = records["path"][records["path"].duplicated()].tolist()
+        if duplicated:
+            raise ValueError(f"{len(duplicated)} image path(s) listed twice, e.g. {duplicated[:3]}")
+        return records.loc[:, list(RECORD_COLUMNS)].reset_index(drop=True)
+
+    def _find_bad_images(self, records: pd.DataFrame) -> dict[str, str]:
+        """Decode every image once (threads: decoding releases the GIL); return {path: reason} of failures."""
+        with ThreadPoolExecutor(max_workers=max(2, self.hparams.num_workers)) as pool:
+            reasons = dict(zip(records["path"], pool.map(self._read_problem, records["path"]), strict=True))
+        bad = {path: reason for path, reason in reasons.items() if reason is not None}
+        if bad and self.hparams.on_bad_image == "error":
+            listing = "\n".join(f"  {path}: {reason}" for path, reason in bad.items())
+            raise ValueError(
+                f"{len(bad)} of {len(records)} images cannot be read (data.on_bad_image=skip drops them):\n"
+                f"{listing}"
+            )
+        if bad:
+            log.warning(
+                "Skipping %d of %d unreadable images (listed in %s)", len(bad), len(records), SPLIT_FILENAME
+            )
+        return bad
+
+    def _read_problem(self, path: str) -> str | None:
+        """None when the image decodes, else why it does not."""
+        try:
+            self.source.read(path)
+        except ImageReadError as error:
+            return error.reason
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _split(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Use the source's split when it has one (carving out a missing val/test), else assign one."""
+        train_f, val_f, test_f = self.hparams.fractions
+        seed = self.hparams.seed
+        if self.hparams.folds is not None:
+            return self._fold_split(records)
+        predefined = set(records["split"])
+        if predefined == {""}:
+            return assign_splits(records, (train_f, val_f, test_f), seed)
+        if "" in predefined or "train" not in predefined:
+            raise ValueError(
+                f"a predefined split must label every image and include 'train', got {sorted(predefined)}"
+            )
+        if "test" not in predefined:
+            records = carve_split(records, test_f / (train_f + val_f + test_f), seed, into="test")
+        if "val" not in predefined:
+            records = carve_split(records, val_f / (train_f + val_f), seed, into="val")
+        return records
+
+    def _fold_split(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Cross-validation: fold `fold` of the non-test images is the test split, val is carved by patient.
+
+        A predefined test split (e.g. Kermany's test/) is left out entirely, so CV never touches it.
+        """
+        train_f, val_f, _ = self.hparams.fractions
+        pool = records[records["split"] != "test"].copy()
+        fold_ids = assign_folds(pool, self.hparams.folds, self.hparams.seed)
+        pool["split"] = np.where(fold_ids == self.hparams.fold, "test", "train")
+        return carve_split(pool, val_f / (train_f + val_f), self.hparams.seed, into="val")
+
+    def _write_split(self) -> None:
+        """Record the split (and skipped images) as split.csv in the run folder; its hash names the split."""
+        root = self.source.data_dir
+        is_global_zero = self.trainer is None or self.trainer.is_global_zero
+        if self.hparams.output_dir is None or not is_global_zero:
+            self.split_hash = hashlib.sha256(split_csv_bytes(self.records, root)).hexdigest()
+            return
+        self.split_path = str(Path(self.hparams.output_dir) / SPLIT_FILENAME)
+        self.split_hash = write_split_csv(self.records, self.split_path, root)
+
+    def _log_split(self) -> None:
+        """Send the split's hash and sizes to the run's loggers, so a run names the exact data it saw."""
+        if self.trainer is None:
+            return
+        counts = self.records.groupby(["split", "status"]).size()
+        summary = {f"data/n_{split}": int(n) for (split, status), n in counts.items() if status == "ok"}
+        summary["data/n_skipped"] = int((self.records["status"] != "ok").sum())
+        summary["data/split_sha256"] = self.split_hash
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(summary)
+
+    def _balanced_train(self, train: pd.DataFrame) -> pd.DataFrame:
+        """Apply 'undersample' or compute 'loss_weights'; the other modes leave the train rows as they are."""
+        counts = self._class_counts(train)
+        if self.hparams.balance == "undersample":
+            rng = np.random.default_rng(self.hparams.seed)
+            keep = [
+                rng.choice(group.index, size=counts.min(), replace=False)
+                for _, group in train.groupby("label")
+            ]
+            return train.loc[np.sort(np.concatenate(keep))]
+        if self.hparams.balance == "loss_weights":
+            inverse = 1.0 / counts.astype(np.float64)
+            self.class_weights = torch.tensor(inverse / inverse.mean(), dtype=torch.float32)
+        return train
+
+    def _class_counts(self, train: pd.DataFrame) -> np.ndarray:
+        """Train images per class; balancing needs every class present."""
+        counts = np.bincount(train["label"].to_numpy(dtype=np.int64), minlength=self.num_classes)
+        if self.hparams.balance != "none" and counts.min() == 0:
+            raise ValueError(
+                f"balance={self.hparams.balance!r} needs every class in train, got counts {counts.tolist()}"
+            )
+        return counts
+
+    def _balancing_sampler(self) -> WeightedRandomSampler:
+        """Draw train images with probability inversely proportional to their class frequency."""
+        labels = self.data_train.records["label"].to_numpy(dtype=np.int64)
+        weights = 1.0 / self._class_counts(self.data_train.records)[labels]
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return WeightedRandomSampler(
+            weights.tolist(), num_samples=len(labels), replacement=True, generator=generator
+        )
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
+        """One place for the DataLoader options shared by every split (features need no workers)."""
+        workers = 0 if isinstance(dataset, FeatureDataset) else self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+            worker_init_fn=_seed_worker_transforms if workers > 0 else None,
+            drop_last=False,
+        )
+
+
+def _seed_worker_transforms(worker_id: int) -> None:
+    """Give each worker its own reproducible augmentation stream instead of forked copies of one."""
+    info = get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Reject typos in string options up front, listing what is allowed."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,175 @@
+"""Pooled features of a frozen backbone, computed once per image (and augmented view) and memory-mapped.
+
+With a frozen backbone every epoch of a plain loop recomputes identical features just to train a linear head.
+Here each image goes through the backbone once per *view*: validation and test images once with the eval
+transform; training images `views` times (K) with the train transform, view k seeded by (seed, k, image), and
+epoch e trains on view e % K. K=1 fixes one augmented draw for the whole run (no augmentation diversity);
+a larger K buys diversity at K backbone passes; views: 0 (or an empty augment list) uses the eval transform.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.disk_cache import (
+    image_digests,
+    load_or_build,
+    progress,
+    stable_digest,
+    transform_config,
+    weights_digest,
+)
+from pneumonia_cam.models.net import ChestXrayNet
+from pneumonia_cam.models.predictor import PRECISIONS, Predictor
+
+View = tuple[A.Compose, int | None]  # a transform and the seed of its random draws (None: deterministic)
+
+
+@dataclass(frozen=True)
+class FeatureCacheConfig:
+    """`data.feature_cache`: train the head on cached features, where, how many views, precision."""
+
+    enabled: bool = False
+    dir: str = "feature_cache"
+    views: int = 1
+    precision: str = "bf16"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        """Reject impossible settings up front."""
+        if self.views < 0:
+            raise ValueError(f"feature_cache.views must be >= 0, got {self.views}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"feature_cache.precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
+            )
+
+
+def require_frozen_backbone(net: ChestXrayNet) -> None:
+    """Cached features are only valid while the backbone cannot change: refuse any trainable stage."""
+    if not net.backbone_frozen:
+        trainable = [name for name, _ in net.features.named_children() if name not in net._frozen_stages]
+        raise ValueError(
+            "data.feature_cache.enabled=true needs a fully frozen backbone (model.freeze_backbone=true and "
+            f"model.unfreeze=[]), but these stages train: {trainable}. Disable the cache "
+            "(data.feature_cache.enabled=false) or freeze the backbone."
+        )
+
+
+def view_seed(seed: int, view: int, index: int) -> int:
+    """Seed of one image's augmentation in one view: independent of worker count and loading order."""
+    return int(np.random.SeedSequence([seed, view, index]).generate_state(1)[0])
+
+
+class _SeededView(Dataset):
+    """An image dataset whose augmentation of image i is a fixed function of (seed, view, i)."""
+
+    def __init__(self, dataset: XrayDataset, transform: A.Compose, seed: int | None, view: int) -> None:
+        self.dataset = XrayDataset(dataset.records, dataset.reader, copy.deepcopy(transform))
+        self.seed, self.view = seed, view
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.seed is not None:
+            self.dataset.reseed(view_seed(self.seed, self.view, index))
+        return self.dataset[index]
+
+
+class FeatureDataset(Dataset):
+    """(pooled features, label) pairs from a K x N x C array; the current epoch picks the view."""
+
+    def __init__(
+        self, features: np.ndarray, labels: Sequence[int], epoch: Callable[[], int] = lambda: 0
+    ) -> None:
+        self.features = features
+        self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        view = self.epoch() % self.features.shape[0]
+        return torch.from_numpy(np.array(self.features[view, index])), self.labels[index]
+
+
+class FeatureCache:
+    """Compute or reuse the features of one frozen net, keyed by images, transforms, weights and precision."""
+
+    def __init__(
+        self,
+        config: FeatureCacheConfig,
+        net: ChestXrayNet,
+        num_workers: int = 0,
+        is_writer: bool = True,
+        barrier: Callable[[], None] = lambda: None,
+    ) -> None:
+        require_frozen_backbone(net)
+        self.config = config
+        self.net = net
+        self.num_workers = num_workers
+        self.is_writer = is_writer
+        self.barrier = barrier
+        self.weights = weights_digest(net.features)
+
+    def key(self, dataset: XrayDataset, views: Sequence[View], pixels: dict | None = None) -> str:
+        """Content key: image bytes, each view's transform and seed, backbone weights, precision."""
+        paths = dataset.records["path"].tolist()
+        return stable_digest(
+            {
+                "images": image_digests(paths, dataset.reader),
+                "pixels": pixels or {},  # e.g. the key of a pre-processed image cache the reader serves from
+                "views": [[transform_config(transform), seed] for transform, seed in views],
+                "weights": self.weights,
+                "precision": self.config.precision,
+            }
+        )
+
+    def features(
+        self, dataset: XrayDataset, views: Sequence[View], name: str, pixels: dict | None = None
+    ) -> np.ndarray:
+        """The K x N x C float32 features of `dataset` under each view, memory-mapped from the cache."""
+        key = self.key(dataset, views, pixels)
+        shape = (len(views), len(dataset), self.net.head.fc.in_features)
+
+        def fill(out: np.ndarray) -> None:
+            for index, (transform, seed) in enumerate(views):
+                desc = f"{name} features, view {index + 1}/{len(views)}"
+                out[index] = self.extract(_SeededView(dataset, transform, seed, index), desc)
+
+        meta = {
+            "split": name,
+            "images": len(dataset),
+            "views": len(views),
+            "precision": self.config.precision,
+        }
+        return load_or_build(
+            Path(self.config.dir) / f"{key}.npy", shape, np.float32, fill, meta, self.is_writer, self.barrier
+        )
+
+    def extract(self, dataset: Dataset, desc: str = "features") -> np.ndarray:
+        """Run the frozen backbone once over `dataset` (eval, inference_mode, channels_last, autocast)."""
+        predictor = Predictor(self.net, self.net.pooled_features, precision=self.config.precision)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            num_workers=self.num_workers,
+            generator=torch.Generator(),  # leaves the global RNG, hence the training shuffle, untouched
+        )
+        chunks = []
+        with progress(len(dataset), desc, enabled=self.is_writer) as bar:
+            for images, _ in loader:
+                chunks.append(predictor(images).cpu().numpy())
+                bar.update(len(images))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.net.head.fc.in_features), np.float32)

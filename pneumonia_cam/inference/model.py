@@ -1,0 +1,214 @@
+"""One inference object per checkpoint: pre-processing, network, operating point and CAM, one decision rule.
+
+eval, predict, visualize, the CAM panel, the server and the Python API all go through `InferenceModel`, so a
+given image gets the same probabilities and the same decision on every path.
+"""
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Self
+
+import hydra
+import numpy as np
+import torch
+from lightning import LightningModule
+from omegaconf import DictConfig
+
+from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
+from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
+from pneumonia_cam.models.cam import TargetClass, build_cam
+from pneumonia_cam.models.net import ChestXrayNet
+from pneumonia_cam.models.predictor import Predictor
+from pneumonia_cam.utils.run_config import checkpoint_sha256, load_run_config
+
+log = logging.getLogger(__name__)
+
+# a path or HxW uint8 array (read and pre-processed here), a prepared image, or the preprocessor's C x H x W
+# output (its CAM comes back at the tensor's size: the original is unknown)
+ImageLike = ImageInput | PreparedImage | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies the model behind an answer (server responses, exports, reports)."""
+
+    checkpoint: str
+    checkpoint_sha256: str
+    backbone: str
+    image_size: int
+
+    def as_dict(self) -> dict:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+class InferenceModel:
+    """A trained network with its eval transform, class names and operating point, ready for images."""
+
+    def __init__(
+        self,
+        net: ChestXrayNet,
+        class_names: Sequence[str],
+        preprocessor: ImagePreprocessor | None = None,
+        operating_point: OperatingPoint | None = None,
+        info: ModelInfo | None = None,
+    ) -> None:
+        self.net = net
+        self.class_names = tuple(class_names)
+        self.preprocessor = preprocessor
+        self.operating_point = operating_point or OperatingPoint()
+        self.info = info
+        self.predictor = Predictor(net, net.features_and_logits)
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt_path: str | os.PathLike, operating_point: str = "auto", map_location: str = "cpu"
+    ) -> Self:
+        """Network, eval transform, class names and operating point (policy auto | stored | default)."""
+        run_config = load_run_config(ckpt_path)
+        module_cls = hydra.utils.get_class(run_config.model._target_)
+        # the checkpoint's weights replace the backbone's: never download ImageNet weights here
+        module = module_cls.load_from_checkpoint(
+            ckpt_path, map_location=map_location, weights_only=True, weights=None
+        )
+        info = ModelInfo(
+            checkpoint=str(ckpt_path),
+            checkpoint_sha256=checkpoint_sha256(ckpt_path),
+            backbone=str(module.hparams.backbone),
+            image_size=int(run_config.data.image_size),
+        )
+        return cls(
+            module.net.eval(),
+            run_config.data.class_names,
+            ImagePreprocessor.from_data_config(run_config.data),
+            load_operating_point(ckpt_path, operating_point),
+            info,
+        )
+
+    load_pretrained = from_checkpoint
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Self:
+        """What predict, visualize and serve configs ask for: checkpoint, operating point, precision."""
+        model = cls.from_checkpoint(cfg.ckpt_path, cfg.get("operating_point", "auto"))
+        if cfg.get("threshold") is not None:
+            model.operating_point = OperatingPoint(
+                threshold=float(cfg.threshold),
+                temperature=model.operating_point.temperature,
+                source="threshold= on the command line",
+            )
+            log.info("Operating point: threshold %.4f from the command line", model.operating_point.threshold)
+        return model.configure(cfg.get("precision", "fp32"), cfg.get("compile", False))
+
+    def configure(self, precision: str = "fp32", compile: bool = False) -> Self:
+        """Pick the predictor's precision (fp32 | bf16) and torch.compile; every path goes through it."""
+        self.predictor = Predictor(
+            self.net, self.net.features_and_logits, precision=precision, compile=compile
+        )
+        return self
+
+    @property
+    def positive_name(self) -> str:
+        """The name of the class whose probability the threshold applies to."""
+        return self.class_names[self.operating_point.positive_class]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives."""
+        return self.predictor.device
+
+    def to(self, device: str | torch.device) -> Self:
+        """Move the network (inputs follow it)."""
+        self.net.to(device)
+        return self
+
+    def prepare(self, image: ImageLike) -> PreparedImage:
+        """Read and transform an input unless it already is prepared (a tensor is its own original)."""
+        if isinstance(image, PreparedImage):
+            return image
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 3:
+                raise ValueError(
+                    f"Expected the preprocessor's C x H x W tensor, got shape {tuple(image.shape)}"
+                )
+            return PreparedImage(image, None)
+        if self.preprocessor is None:
+            raise ValueError("This model has no preprocessor: pass PreparedImage objects or tensors")
+        return self.preprocessor.prepare(image)
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature maps and logits of a B x C x H x W batch through the configured predictor."""
+        return self.predictor(batch)
+
+    def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
+        """Temperature-scaled class probabilities (B x classes) for model-ready tensors."""
+        return self.operating_point.probabilities(self.forward(batch)[1]).cpu()
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Predicted class per row, by the operating point's threshold (the one decision rule)."""
+        return self.operating_point.decide(probs)
+
+    def predict(self, image: ImageLike) -> tuple[str, float]:
+        """(label, confidence) for one image; confidence is P(label)."""
+        probs = self.predict_proba(self.prepare(image).tensor[None])
+        label = int(self.decide(probs)[0])
+        return self.class_names[label], float(probs[0, label])
+
+    def explain_with_probs(
+        self,
+        images: Sequence[ImageLike],
+        target_class: TargetClass = None,
+        method: str = "cam",
+        **cam_options,
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Probabilities and one [0, 1] map per image at its original size (a tensor's own size).
+
+        The probabilities always come from the predictor's pass, so they do not depend on whether a CAM is
+        asked for. A CAM of the layer that feeds the head reuses that pass's feature maps; Grad-CAM and other
+        layers run their own pass. Without a target class each map explains the image's decision.
+        """
+        prepared = [self.prepare(image) for image in images]
+        batch = torch.stack([p.tensor for p in prepared])
+        maps, logits = self.forward(batch)
+        probs = self.operating_point.probabilities(logits)
+        targets = self.decide(probs) if target_class is None else target_class
+        cam = build_cam(method, self.net, **cam_options)
+        raw = cam.from_features(maps, logits, targets)
+        if raw is None:
+            with torch.inference_mode(False), torch.enable_grad():
+                raw, _, _ = cam.raw_maps(batch.to(self.device), targets)
+        maps = [cam.finish(raw[i : i + 1], p.original_size)[0].cpu().numpy() for i, p in enumerate(prepared)]
+        return probs.cpu(), maps
+
+    def explain(
+        self,
+        images: Sequence[ImageLike],
+        target_class: TargetClass = None,
+        method: str = "cam",
+        **cam_options,
+    ) -> list[np.ndarray]:
+        """One [0, 1] map per image at its original size, for the decided class unless one is given."""
+        return self.explain_with_probs(images, target_class, method, **cam_options)[1]
+
+    def generate_cam(
+        self, image: ImageLike, target_class: int | None = None, method: str = "cam", **cam_options
+    ) -> np.ndarray:
+        """H x W map in [0, 1] at the original image's size (see `explain_with_probs`)."""
+        return self.explain([image], target_class, method, **cam_options)[0]
+
+
+class PredictionModule(LightningModule):
+    """Lets a Trainer (devices, the data module's feature cache) run an InferenceModel over whole loaders."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        super().__init__()
+        self.model = model
+        self.net = model.net  # the data module's feature cache reads `trainer.lightning_module.net`
+
+    def predict_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class log-probabilities (T = 1) of images, or of cached pooled features (B x C)."""
+        inputs = batch[0] if isinstance(batch, tuple | list) else batch
+        logits = self.net.head.logits(inputs) if inputs.ndim == 2 else self.model.forward(inputs)[1]
+        return {"log_probs": torch.log_softmax(logits.float(), dim=1)}

@@ -1,0 +1,26 @@
+"""OmegaConf resolvers the configs use; registered once when `pneumonia_cam.utils` is imported."""
+
+import os
+
+from omegaconf import OmegaConf
+
+
+def wandb_offline() -> bool:
+    """W&B runs offline when no API key is available or the user asked for offline mode."""
+    if os.environ.get("WANDB_MODE", "").lower() in {"offline", "dryrun", "disabled"}:
+        return True
+    return not os.environ.get("WANDB_API_KEY")
+
+
+def optuna_direction(mode: str) -> str:
+    """Translate a Lightning monitor mode (min/max) into Optuna's direction."""
+    directions = {"min": "minimize", "max": "maximize"}
+    if mode not in directions:
+        raise ValueError(f"monitor.mode must be 'min' or 'max', got {mode!r}")
+    return directions[mode]
+
+
+def register_resolvers() -> None:
+    """Register the project's resolvers (idempotent, so tests may import repeatedly)."""
+    OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
+    OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
