@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import cv2
 import numpy as np
@@ -14,6 +17,14 @@ if TYPE_CHECKING:
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _CHANNEL_CONVERSIONS = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+DICOM_PREAMBLE = 128  # 'DICM' follows the 128-byte preamble of a DICOM Part 10 file
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic) carry the image size
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# markers without a length field: TEM, RSTn, SOI, EOI
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xDA)}
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel (3: palette)
 
 
 class ImageReadError(ValueError):
@@ -29,6 +40,134 @@ class ImageReadError(ValueError):
         return type(self), (self.path, self.reason)
 
 
+class UnsupportedFormatError(ImageReadError):
+    """Bytes that are none of the formats this project reads (PNG, JPEG, DICOM), judged by magic bytes."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header of an encoded image says, read before any pixel is decoded (size limits, reports)."""
+
+    format: str  # png | jpeg | dicom
+    width: int
+    height: int
+    photometric_interpretation: str | None = None
+    transfer_syntax: str | None = None  # DICOM transfer syntax UID
+    transfer_syntax_name: str | None = None
+    samples_per_pixel: int = 1
+    has_pixel_data: bool = True
+    frames: int = 1
+
+    @property
+    def pixels(self) -> int:
+        """Pixel count of all frames: what a decode would allocate per sample."""
+        return self.width * self.height * self.frames
+
+    def as_dict(self) -> dict:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """png | jpeg | dicom from the magic bytes (never the name or content type), else None."""
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    if data[DICOM_PREAMBLE : DICOM_PREAMBLE + 4] == b"DICM":
+        return "dicom"
+    return None
+
+
+def read_header(data: bytes, source: str = "upload") -> ImageHeader:
+    """Format and size from the header only, so oversized images are refused before any allocation."""
+    kind = _require_format(data, source)
+    header = {"png": _png_header, "jpeg": _jpeg_header, "dicom": _dicom_header}[kind](data, source)
+    if header.width <= 0 or header.height <= 0:
+        raise ImageReadError(source, f"header gives an empty size {header.width}x{header.height}")
+    return header
+
+
+def _require_format(data: bytes, source: str) -> str:
+    """The sniffed format; empty or unrecognised bytes are refused with the reason."""
+    if not data:
+        raise ImageReadError(source, "is empty (0 bytes)")
+    kind = sniff_format(data)
+    if kind is None:
+        raise UnsupportedFormatError(source, "is not a PNG, JPEG or DICOM file (by its magic bytes)")
+    return kind
+
+
+def _png_header(data: bytes, source: str) -> ImageHeader:
+    """Width and height from the IHDR chunk, which the PNG standard puts first."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ImageReadError(source, "truncated PNG: no IHDR chunk")
+    width, height = struct.unpack(">II", data[16:24])
+    channels = _PNG_CHANNELS.get(data[25], 1) if len(data) > 25 else 1
+    return ImageHeader("png", width, height, samples_per_pixel=channels)
+
+
+def _jpeg_header(data: bytes, source: str) -> ImageHeader:
+    """Width and height from the first start-of-frame segment, skipping the segments before it."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            raise ImageReadError(source, f"corrupt JPEG: no marker at byte {position}")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            position += 2
+            continue
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        if marker in _JPEG_SOF:
+            if position + 10 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
+            return ImageHeader("jpeg", width, height, samples_per_pixel=data[position + 9])
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        position += 2 + length
+    raise ImageReadError(source, "truncated or corrupt JPEG: no frame header")
+
+
+def _dicom_header(data: bytes, source: str) -> ImageHeader:
+    """Size, photometric interpretation and transfer syntax; large values (pixels) are left unread."""
+    import pydicom  # deferred: only DICOM users pay for the import
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), defer_size="1 KB")
+        syntax = dataset.file_meta.get("TransferSyntaxUID")
+        rows, columns = dataset.get("Rows"), dataset.get("Columns")
+        header = ImageHeader(
+            "dicom",
+            width=int(columns or 0),
+            height=int(rows or 0),
+            photometric_interpretation=str(dataset.get("PhotometricInterpretation", "")) or None,
+            transfer_syntax=str(syntax) if syntax else None,
+            transfer_syntax_name=syntax.name if syntax else None,
+            samples_per_pixel=int(dataset.get("SamplesPerPixel", 1) or 1),
+            has_pixel_data="PixelData" in dataset,
+            frames=int(dataset.get("NumberOfFrames", 1) or 1),
+        )
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, struct.error) as error:
+        raise ImageReadError(source, f"unreadable DICOM header ({type(error).__name__})") from error
+    if not header.has_pixel_data:
+        raise ImageReadError(source, "DICOM without PixelData (not an image)")
+    if rows is None or columns is None:
+        raise ImageReadError(source, "DICOM without Rows/Columns")
+    return header
+
+
+def decode_grayscale(data: bytes, source: str = "upload") -> np.ndarray:
+    """Decode PNG, JPEG or DICOM bytes into HxW uint8 with the conversions `read_grayscale` applies."""
+    if _require_format(data, source) == "dicom":
+        return _read_dicom(io.BytesIO(data), source)
+    return _decode_raster(np.frombuffer(data, dtype=np.uint8), source)
+
+
 def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     """Decode an image or DICOM file into HxW uint8; raise ImageReadError with the reason otherwise."""
     path = Path(path)
@@ -39,12 +178,16 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "is empty (0 bytes)")
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return _read_dicom(path)
-    # imdecode of the raw bytes behaves like cv2.imread(IMREAD_UNCHANGED) but also handles non-ASCII paths.
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        return _read_dicom(path, path)
+    return _decode_raster(np.fromfile(path, dtype=np.uint8), path)
+
+
+def _decode_raster(buffer: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+    """PNG/JPEG/... bytes to HxW uint8; imdecode behaves like cv2.imread(IMREAD_UNCHANGED) on any path."""
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageReadError(path, "cannot be decoded")
-    return to_gray_uint8(image, path)
+        raise ImageReadError(source, "cannot be decoded")
+    return to_gray_uint8(image, source)
 
 
 def to_gray_uint8(image: np.ndarray, path: str | os.PathLike, rgb: bool = False) -> np.ndarray:
@@ -78,12 +221,16 @@ def _to_single_channel(image: np.ndarray, path: str | os.PathLike, rgb: bool) ->
     return cv2.cvtColor(np.ascontiguousarray(image), _CHANNEL_CONVERSIONS[image.shape[2]])
 
 
-def _read_dicom(path: Path) -> np.ndarray:
-    """Apply rescale slope/intercept, map the stored bit range to 0..1 and invert MONOCHROME1."""
+def _read_dicom(file: str | os.PathLike | BinaryIO, path: str | os.PathLike) -> np.ndarray:
+    """Apply rescale slope/intercept, map the stored bit range to 0..1 and invert MONOCHROME1.
+
+    `file` is a path or a file-like (an upload), so files and uploads share this one DICOM path; `path` names
+    the source in errors.
+    """
     import pydicom  # deferred: only DICOM users pay for the import
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(file)
         pixels = np.asarray(dataset.pixel_array)
     except Exception as error:
         raise ImageReadError(path, f"cannot be decoded ({type(error).__name__}: {error})") from error
