@@ -33,12 +33,16 @@ train: $(STAMP) ## Train with the defaults; pass Hydra overrides as ARGS="..."
 eval: $(STAMP) ## Evaluate a checkpoint: ARGS="ckpt_path=..."
 	$(BIN)/python src/eval.py $(ARGS)
 
+serve: $(STAMP) ## Serve a checkpoint over HTTP (FastAPI): ARGS="ckpt_path=... [port=8080]"
+	$(BIN)/python src/serve.py $(ARGS)
+
 smoke: $(STAMP) ## Train the offline smoke experiment end to end
 	$(BIN)/python src/train.py experiment=smoke $(ARGS)
 
-lint: $(STAMP) ## Lint and check formatting with ruff
+lint: $(STAMP) ## Lint, check formatting (ruff) and the one-way import layers (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
@@ -52,4 +56,4 @@ results: $(STAMP) ## Reproduce docs/results.md: 3 seeds of kermany_resnet18_scra
 clean-logs: ## Delete logs/
 	rm -rf logs/
 
-.PHONY: help install test test-fast train eval smoke lint format results clean-logs
+.PHONY: help install test test-fast train eval serve smoke lint format results clean-logs

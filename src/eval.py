@@ -100,9 +100,7 @@ def save_sidecar(cfg: DictConfig, point: dict[str, Any], split_hash: str, member
         )
     else:
         sidecar = save_operating_point(point, cfg.ckpt_path, split_hash)
-        log.info(
-            f"Operating point saved to {sidecar} (predict.py, the server and eval on other data reuse it)"
-        )
+        log.info(f"Operating point saved to {sidecar} (predict.py, the server and later evals reuse it)")
 
 
 @task_wrapper

@@ -12,6 +12,7 @@ from lightning import Callback, LightningDataModule, LightningModule, Trainer  #
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from pneumonia_cam.evaluation.training_curves import write_training_curves  # noqa: E402
 from pneumonia_cam.utils import (  # noqa: E402
     RankedLogger,
     extras,
@@ -22,7 +23,6 @@ from pneumonia_cam.utils import (  # noqa: E402
     task_wrapper,
 )
 from pneumonia_cam.utils.run_config import RunConfigInCheckpoint  # noqa: E402
-from pneumonia_cam.utils.training_curves import write_training_curves  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 

@@ -5,17 +5,18 @@ import shutil
 from pathlib import Path
 
 import cv2
+import hydra
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import KERMANY, assert_ok, run_entry_point
+from helpers import KERMANY, assert_ok, compose_config, run_entry_point
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from pneumonia_cam.evaluation.pipeline import SplitPredictions, choose_operating_point
 from pneumonia_cam.inference.model import InferenceModel
-from pneumonia_cam.utils.run_config import load_run_config
+from pneumonia_cam.utils.run_config import load_run_config, training_split_sha256
 from src.eval import evaluate
 from src.train import train
 
@@ -232,3 +233,59 @@ def test_ensemble_refuses_members_of_another_split(smoke_checkpoint, cfg_eval, t
         cfg_eval.ensemble = [str(other)]
     with pytest.raises(ValueError, match=r"other_split\.ckpt.*seed"):
         run_eval(cfg_eval, str(smoke_checkpoint))
+
+
+def manifest_of_test_split(ckpt: Path, out: Path) -> Path:
+    """A CSV manifest (class NAMES as labels) of the smoke run's test images."""
+    datamodule = hydra.utils.instantiate(load_run_config(ckpt).data, output_dir=None)
+    datamodule.setup("test")
+    records = datamodule.data_test.records
+    names = [datamodule.class_names[label] for label in records["label"]]
+    pd.DataFrame({"path": records["path"], "label": names}).to_csv(out / "manifest.csv", index=False)
+    return out
+
+
+def manifest_eval(cfg_eval, ckpt: Path, folder: Path, name: str, class_names: list[str]) -> dict:
+    """Evaluate `ckpt` on the manifest in `folder` with the given data.class_names order."""
+    data = compose_config("eval.yaml", ["ckpt_path=.", "data=manifest"]).data
+    with open_dict(cfg_eval):
+        cfg_eval.data = data
+        cfg_eval.data.data_dir = str(folder)
+        cfg_eval.data.fractions = [0, 0, 1]
+        cfg_eval.data.class_names = class_names
+        cfg_eval.paths.output_dir = str(folder / name)
+    Path(cfg_eval.paths.output_dir).mkdir()
+    return run_eval(cfg_eval, str(ckpt), method="fixed")[0]
+
+
+def test_eval_maps_labels_to_the_checkpoints_class_names(smoke_checkpoint, cfg_eval, tmp_path):
+    """Another class order changes nothing (labels are mapped by name); an unknown class is refused."""
+    folder = manifest_of_test_split(smoke_checkpoint, tmp_path)
+    same = manifest_eval(cfg_eval, smoke_checkpoint, folder, "same", ["NORMAL", "PNEUMONIA"])
+    swapped = manifest_eval(cfg_eval, smoke_checkpoint, folder, "swapped", ["PNEUMONIA", "NORMAL"])
+    assert same["metrics"]["auroc"]["value"] > 0.9  # the smoke model has learnt the blob
+    for metric in ("auroc", "accuracy", "sensitivity"):
+        assert swapped["metrics"][metric]["value"] == same["metrics"][metric]["value"], metric
+    assert swapped["n_per_class"] == same["n_per_class"] == {"NORMAL": 12, "PNEUMONIA": 12}
+    with pytest.raises(ValueError, match=r"cannot be mapped to the checkpoint's classes.*\['OPACITY'\]"):
+        manifest_eval(cfg_eval, smoke_checkpoint, folder, "unknown", ["NORMAL", "PNEUMONIA", "OPACITY"])
+
+
+def test_eval_on_another_split_never_writes_the_sidecar(smoke_checkpoint, cfg_eval, tmp_path):
+    """A threshold chosen on another split is reported, not saved next to the checkpoint; its own is saved."""
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(smoke_checkpoint, ckpt)
+    with open_dict(cfg_eval):
+        cfg_eval.data = load_run_config(ckpt).data
+        cfg_eval.data.seed += 1  # same images, another split: its validation images may be training images
+    other, _ = run_eval(cfg_eval, str(ckpt), method="youden")
+    assert other["operating_point"]["chosen_on"] == "validation split"
+    assert not ckpt.with_suffix(".operating_point.json").exists()
+    with open_dict(cfg_eval):
+        cfg_eval.data = None
+        cfg_eval.paths.output_dir = str(tmp_path / "own")
+    Path(cfg_eval.paths.output_dir).mkdir()
+    own, objects = run_eval(cfg_eval, str(ckpt), method="youden")
+    sidecar = json.loads(ckpt.with_suffix(".operating_point.json").read_text())
+    assert sidecar["split_sha256"] == objects["datamodule"].split_hash == training_split_sha256(ckpt)
+    assert sidecar["threshold"] == own["operating_point"]["threshold"]

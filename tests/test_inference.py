@@ -13,6 +13,7 @@ from helpers import FULL_RESOLUTION, KERMANY, assert_ok, run_entry_point
 
 from pneumonia_cam.data.preprocessor import ImagePreprocessor
 from pneumonia_cam.evaluation.operating_point import OperatingPoint
+from pneumonia_cam.inference.batch import predict_paths
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.utils.run_config import load_run_config
 
@@ -175,3 +176,67 @@ def test_explain_with_probs_one_pass_matches_separate_calls(model, test_split):
     for got, want in zip(maps, expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)
     assert not np.allclose(maps[0], model.explain(prepared[:1], target_class=1)[0])
+
+
+def test_quick_start_chain_from_the_package_top_level(smoke_checkpoint, test_split):
+    """The reference study's Quick Start: process -> predict -> generate_cam on the preprocessor's tensor."""
+    from pneumonia_cam import ImagePreprocessor as TopLevelPreprocessor
+    from pneumonia_cam import load_pretrained
+
+    path = test_split["path"].iloc[0]
+    model = load_pretrained(smoke_checkpoint)
+    preprocessor = TopLevelPreprocessor.from_checkpoint(smoke_checkpoint)
+    image = preprocessor.process(path)
+    label, confidence = model.predict(image)
+    assert (label, confidence) == model.predict(path)
+    cam = model.generate_cam(image)
+    assert cam.shape == tuple(image.shape[-2:]) == (64, 64)  # the original is unknown: the tensor's size
+    np.testing.assert_allclose(cam, model.generate_cam(cv2.resize(cv2.imread(path, 0), (64, 64))), atol=1e-6)
+    with pytest.raises(ValueError, match="C x H x W"):
+        model.predict(image[None])
+
+
+def test_probabilities_do_not_depend_on_asking_for_a_cam(model, test_split):
+    """bf16 predictor: predict_paths gives identical probabilities with and without CAMs (cam and gradcam)."""
+    paths = [Path(p) for p in test_split["path"].head(6)]
+    model.configure(precision="bf16")
+    try:
+        plain = [p.probability for p in predict_paths(model, paths, batch_size=4)]
+        for method in ("cam", "gradcam"):
+            with_cam = list(predict_paths(model, paths, batch_size=4, cam_method=method))
+            assert [p.probability for p in with_cam] == plain, method
+            assert all(p.cam.shape == p.original.shape for p in with_cam)
+    finally:
+        model.configure()
+    fp32 = [p.probability for p in predict_paths(model, paths, batch_size=4)]
+    assert max(abs(a - b) for a, b in zip(plain, fp32, strict=True)) < 0.05
+
+
+def test_only_unreadable_inputs_become_rows(model, test_split, tmp_path, monkeypatch):
+    """A broken file is a row with its error; a programming error propagates instead of becoming rows."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    rows = list(predict_paths(model, [Path(test_split["path"].iloc[0]), broken, tmp_path / "missing.png"]))
+    assert (
+        rows[0].error is None and "cannot be decoded" in rows[1].error and "does not exist" in rows[2].error
+    )
+
+    def bug(**_):
+        raise KeyError("a bug, not bad input")
+
+    monkeypatch.setattr(model.preprocessor, "transform", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        list(predict_paths(model, [Path(test_split["path"].iloc[0])]))
+
+
+def test_legacy_checkpoint_targets_still_load(smoke_checkpoint, tmp_path):
+    """Checkpoints written when the library was `src.<package>` load with the `pneumonia_cam` targets."""
+    checkpoint = torch.load(smoke_checkpoint, map_location="cpu", weights_only=True)
+    text = str(checkpoint["run_config"])
+    assert "pneumonia_cam.models.classifier.PneumoniaClassifier" in text
+    legacy = eval(text.replace("pneumonia_cam.", "src."))
+    checkpoint["run_config"] = legacy
+    old = tmp_path / "legacy.ckpt"
+    torch.save(checkpoint, old)
+    assert load_run_config(old).model._target_ == "pneumonia_cam.models.classifier.PneumoniaClassifier"
+    assert InferenceModel.from_checkpoint(old).class_names == ("NORMAL", "PNEUMONIA")

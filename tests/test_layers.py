@@ -1,0 +1,36 @@
+"""Imports flow one way (utils <- data <- models <- evaluation <- inference <- callbacks | serving <- src)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import ROOT
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """Run import-linter with the project's contract (pyproject.toml) on the tree at `root`."""
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_project_keeps_its_layers():
+    """The contract `make lint` checks holds for the code as it is."""
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    """The check can fail: data/ importing the inference layer is reported, naming both modules."""
+    for name in ("pneumonia_cam", "src"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    dataset = tmp_path / "pneumonia_cam" / "data" / "dataset.py"
+    dataset.write_text(dataset.read_text() + "\nimport pneumonia_cam.inference.model  # noqa\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "pneumonia_cam.data is not allowed to import pneumonia_cam.inference" in result.stdout
