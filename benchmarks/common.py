@@ -10,7 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-SHARED = ROOT.parent / "shared" / "data"
+# real data: ../shared/data beside the checkout, or $SHARED_DATA (e.g. a copy carried to a GPU machine)
+SHARED = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 KERMANY = SHARED / "chest_xray_kermany224"
 FULL_RESOLUTION = SHARED / "full_resolution_unlabelled"
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -48,3 +49,31 @@ def emit(result: dict, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def reference_checkpoint(path: Path, backbone: str = "resnet152", image_size: int = 224) -> Path:
+    """A reference-recipe checkpoint with random weights, carrying its run config as train.py writes it."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from lightning import Trainer
+    from omegaconf import OmegaConf
+
+    from pneumonia_cam.models.classifier import PneumoniaClassifier
+    from pneumonia_cam.utils.run_config import CONFIG_KEY
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    overrides = [f"model.backbone={backbone}", "model.weights=null", "data=chest_xray"]
+    overrides += [f"data.data_dir={KERMANY}", "data.output_dir=null", f"data.image_size={image_size}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("train.yaml", overrides=overrides)
+    torch.manual_seed(0)
+    module = PneumoniaClassifier(backbone=backbone, weights=None)
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    run_config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
+    checkpoint[CONFIG_KEY] = {**run_config, "seed": int(cfg.seed)}
+    torch.save(checkpoint, path)
+    return path

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import logging
 import os
 import signal
@@ -37,7 +38,7 @@ from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.cam import postprocess
 from pneumonia_cam.serving import engine
 from pneumonia_cam.serving.app import create_app
-from pneumonia_cam.serving.limits import BodySizeLimitMiddleware
+from pneumonia_cam.serving.limits import ApiKeyMiddleware, BodySizeLimitMiddleware
 from pneumonia_cam.utils.overlay import overlay_cam
 from pneumonia_cam.utils.run_config import checkpoint_sha256
 
@@ -462,7 +463,7 @@ def test_oversize_body_with_and_without_content_length(client):
     assert client.get("/health").status_code == 200
 
 
-async def _drive(middleware: BodySizeLimitMiddleware, chunks: list[bytes], headers: list) -> tuple[list, int]:
+async def _drive(middleware, chunks: list[bytes], headers: list, path: str = "/") -> tuple[list, int]:
     """Feed body chunks to the middleware; return what it sent and how many chunks it asked for."""
     sent, asked = [], 0
 
@@ -474,7 +475,7 @@ async def _drive(middleware: BodySizeLimitMiddleware, chunks: list[bytes], heade
     async def send(message: dict) -> None:
         sent.append(message)
 
-    await middleware({"type": "http", "headers": headers}, receive, send)
+    await middleware({"type": "http", "headers": headers, "path": path}, receive, send)
     return sent, asked
 
 
@@ -512,6 +513,25 @@ def test_api_key_guards_v1_only(client, monkeypatch):
     )
     for path in ("/health", "/ready", "/", "/static/index.html", "/docs", "/openapi.json"):
         assert client.get(path).status_code == 200, path
+
+
+def test_api_key_is_checked_before_any_body_is_read(monkeypatch):
+    """An upload without the key is answered 401 without reading one chunk; with it, the app reads it."""
+    import asyncio
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setenv("SERVE_API_KEY", "s3cret-key")
+    middleware = ApiKeyMiddleware(app, "SERVE_API_KEY")
+    sent, asked = asyncio.run(_drive(middleware, [bytes(100)], [], "/v1/predict"))
+    assert sent[0]["status"] == 401 and asked == 0
+    assert json.loads(sent[1]["body"]) == {"detail": "Missing or wrong API key"}
+    key = [(b"authorization", b"Bearer s3cret-key")]
+    assert asyncio.run(_drive(middleware, [bytes(100)], key, "/v1/predict"))[0][0]["status"] == 200
+    assert asyncio.run(_drive(middleware, [bytes(100)], [], "/health"))[0][0]["status"] == 200
 
 
 def test_request_id_echoed_and_in_every_log_line(client, caplog):

@@ -44,6 +44,16 @@ class ModelInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """What one CAM call returns for a batch: everything a report, a server or an export needs."""
+
+    probs: torch.Tensor  # B x classes, temperature-scaled
+    grids: torch.Tensor  # B x h x w class-activation grids, before upsampling and normalisation
+    maps: list[np.ndarray]  # [0, 1] maps at each image's original size
+    targets: torch.Tensor  # the class each map explains
+
+
 class InferenceModel:
     """A trained network with its eval transform, class names and operating point, ready for images."""
 
@@ -156,14 +166,14 @@ class InferenceModel:
         label = int(self.decide(probs)[0])
         return self.class_names[label], float(probs[0, label])
 
-    def explain_with_probs(
+    def explain_batch(
         self,
         images: Sequence[ImageLike],
         target_class: TargetClass = None,
         method: str = "cam",
         **cam_options,
-    ) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """Probabilities and one [0, 1] map per image at its original size (a tensor's own size).
+    ) -> Explanation:
+        """Probabilities, raw grids and one [0, 1] map per image at its original size (a tensor's own size).
 
         The probabilities always come from the predictor's pass, so they do not depend on whether a CAM is
         asked for. A CAM of the layer that feeds the head reuses that pass's feature maps; Grad-CAM and other
@@ -171,16 +181,27 @@ class InferenceModel:
         """
         prepared = [self.prepare(image) for image in images]
         batch = torch.stack([p.tensor for p in prepared])
-        maps, logits = self.forward(batch)
+        features, logits = self.forward(batch)
         probs = self.operating_point.probabilities(logits)
-        targets = self.decide(probs) if target_class is None else target_class
         cam = build_cam(method, self.net, **cam_options)
-        raw = cam.from_features(maps, logits, targets)
+        targets = cam.targets(self.decide(probs) if target_class is None else target_class, logits)
+        raw = cam.from_features(features, logits, targets)
         if raw is None:
             with torch.inference_mode(False), torch.enable_grad():
                 raw, _, _ = cam.raw_maps(batch.to(self.device), targets)
         maps = [cam.finish(raw[i : i + 1], p.original_size)[0].cpu().numpy() for i, p in enumerate(prepared)]
-        return probs.cpu(), maps
+        return Explanation(probs.cpu(), raw.float().cpu(), maps, targets.cpu())
+
+    def explain_with_probs(
+        self,
+        images: Sequence[ImageLike],
+        target_class: TargetClass = None,
+        method: str = "cam",
+        **cam_options,
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Probabilities and one [0, 1] map per image at its original size (see `explain_batch`)."""
+        explanation = self.explain_batch(images, target_class, method, **cam_options)
+        return explanation.probs, explanation.maps
 
     def explain(
         self,

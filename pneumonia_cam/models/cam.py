@@ -108,7 +108,7 @@ class BaseCAM:
                     self.net.head(self.net.forward_features(images), pre_logits=True)
                 )
             activations = captured[-1]
-            targets = self._targets(target_class, logits)
+            targets = self.targets(target_class, logits)
             weights = self.channel_weights(activations, logits, targets)
             maps = torch.einsum("bk,bkhw->bhw", weights, activations)
         return maps.detach(), logits.detach(), targets
@@ -121,7 +121,7 @@ class BaseCAM:
         stages = list(self.net.features.children())
         if self.needs_gradients or self.layer not in (self.net.features, stages[-1]):
             return None
-        targets = self._targets(target_class, logits)
+        targets = self.targets(target_class, logits)
         with torch.no_grad():
             return torch.einsum("bk,bkhw->bhw", self.channel_weights(features, logits, targets), features)
 
@@ -140,7 +140,7 @@ class BaseCAM:
         return postprocess(raw, size, self.upsample_mode, self.relu, self.normalize)
 
     @staticmethod
-    def _targets(target_class: TargetClass, logits: torch.Tensor) -> torch.Tensor:
+    def targets(target_class: TargetClass, logits: torch.Tensor) -> torch.Tensor:
         """One target per image: given, chosen from the logits by a callable, or else the arg-max class."""
         if target_class is None:
             return logits.argmax(dim=1)

@@ -6,9 +6,7 @@ uvicorn.run(app, host=cfg.host, port=cfg.port)
 
 import asyncio
 import base64
-import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from omegaconf import DictConfig, OmegaConf
 from starlette.concurrency import run_in_threadpool
@@ -38,7 +36,7 @@ from pneumonia_cam.serving.engine import (
     Limits,
     png_base64,
 )
-from pneumonia_cam.serving.limits import BodySizeLimitMiddleware
+from pneumonia_cam.serving.limits import ApiKeyMiddleware, BodySizeLimitMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -205,18 +203,6 @@ def _server(request: Request) -> ModelServer:
     return request.app.state.server
 
 
-def require_api_key(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
-) -> None:
-    """When SERVE_API_KEY is set, /v1/* needs `Authorization: Bearer <key>` (constant-time comparison)."""
-    expected = os.environ.get(API_KEY_ENV)
-    if not expected:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "Missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
-
-
 def require_ready(request: Request) -> ModelServer:
     """The server, once it can answer; 503 with Retry-After while the model loads."""
     server = _server(request)
@@ -256,6 +242,7 @@ def create_app(cfg: DictConfig, model: InferenceModel | None = None) -> FastAPI:
     )
     app.state.server = server
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=server.limits.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, env=API_KEY_ENV)  # before the size limit: no body read for a 401
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the request id
 
     @app.get("/health", response_model=schemas.Health, tags=["ops"])
@@ -279,7 +266,7 @@ def create_app(cfg: DictConfig, model: InferenceModel | None = None) -> FastAPI:
             return {"status": "failed", "detail": server.load_error}
         return {"status": "loading"}
 
-    v1 = [Depends(require_api_key)]
+    v1 = [Depends(HTTPBearer(auto_error=False, description=f"needed when {API_KEY_ENV} is set"))]
 
     @app.get(
         "/v1/model", response_model=schemas.ModelDescription, responses=ERRORS, dependencies=v1, tags=["v1"]

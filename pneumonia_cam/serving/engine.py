@@ -19,8 +19,7 @@ from pneumonia_cam.data.image_io import (
 )
 from pneumonia_cam.data.preprocessor import PreparedImage
 from pneumonia_cam.inference.model import InferenceModel
-from pneumonia_cam.models.cam import build_cam
-from pneumonia_cam.utils.overlay import COLORMAPS, overlay_cam
+from pneumonia_cam.utils.overlay import COLORMAPS, heatmap, overlay_cam
 
 SOURCE = "upload"  # how an upload is named in errors and logs: never its file name
 
@@ -121,30 +120,19 @@ class InferenceEngine:
 
     def predict(self, key: CamKey | None, images: list[PreparedImage]) -> list[Inferred]:
         """One model call for a group of images with the same CAM settings (the batcher's worker runs it)."""
-        batch = torch.stack([image.tensor for image in images])
         if key is None:
-            probs = self.model.predict_proba(batch)
+            probs = self.model.predict_proba(torch.stack([image.tensor for image in images]))
             labels = self.model.decide(probs)
             return [Inferred(p.numpy(), int(label)) for p, label in zip(probs, labels, strict=True)]
-        probs, maps = self.model.explain_with_probs(images, key.target_class, key.method, **self.cam_options)
-        labels = self.model.decide(probs)
-        targets = labels if key.target_class is None else torch.full_like(labels, key.target_class)
-        grids = self.raw_grids(batch, key.method, targets)
+        explanation = self.model.explain_batch(images, key.target_class, key.method, **self.cam_options)
+        labels = self.model.decide(explanation.probs)
+        rows = zip(
+            explanation.probs, labels, explanation.maps, explanation.grids, explanation.targets, strict=True
+        )
         return [
-            Inferred(p.numpy(), int(label), cam_map, grid, int(target))
-            for p, label, cam_map, grid, target in zip(probs, labels, maps, grids, targets, strict=True)
+            Inferred(p.numpy(), int(label), cam_map, grid.numpy(), int(target))
+            for p, label, cam_map, grid, target in rows
         ]
-
-    def raw_grids(self, batch: torch.Tensor, method: str, targets: torch.Tensor) -> np.ndarray:
-        """The class-activation grids (B x h x w) before upsampling and normalisation.
-
-        InferenceModel returns only the finished maps, so this is a second pass of the CAM's own (fp32);
-        a one-pass API returning the raw grids belongs in InferenceModel.
-        """
-        cam = build_cam(method, self.model.net, **self.cam_options)
-        with torch.inference_mode(False):
-            raw, _, _ = cam.raw_maps(batch.to(self.model.device), targets.to(self.model.device))
-        return raw.float().cpu().numpy()
 
     def encode_cam(self, original: np.ndarray, cam_map: np.ndarray) -> tuple[str, str]:
         """Base64 PNGs at the original size: the overlay, and the colour-mapped CAM as RGBA to stack over it.
@@ -153,9 +141,7 @@ class InferenceEngine:
         original gives the overlay; a page can vary the opacity on top of that.
         """
         overlay = overlay_cam(original, cam_map, self.alpha, self.colormap)
-        heat = cv2.applyColorMap(
-            np.rint(np.clip(cam_map, 0, 1) * 255).astype(np.uint8), COLORMAPS[self.colormap]
-        )
+        heat = heatmap(cam_map, self.colormap)
         opacity = np.full(heat.shape[:2], round(self.alpha * 255), dtype=np.uint8)
         return png_base64(overlay), png_base64(np.dstack([heat, opacity]))
 

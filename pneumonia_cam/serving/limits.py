@@ -1,7 +1,13 @@
-"""Request-size limit as pure ASGI middleware: counts body bytes while they stream in, never buffers them."""
+"""What the server refuses before the app reads a body: a wrong API key, and a body over the size limit.
+
+Both are pure ASGI middleware, so a refused upload is never read (FastAPI parses a form before it runs
+dependencies).
+"""
 
 import contextlib
+import hmac
 import json
+import os
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,17 +62,37 @@ class BodySizeLimitMiddleware:
             await self._refuse(send, f"body passed {self.max_bytes} bytes while streaming")
 
     async def _refuse(self, send: Send, what: str) -> None:
-        """Send the 413 with a JSON detail and close the connection (the rest of the body is never read)."""
-        body = json.dumps({"detail": f"Request body too large: {what}; the limit is {self.max_bytes} bytes"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        """Send the 413 and close the connection (the rest of the body is never read)."""
+        detail = f"Request body too large: {what}; the limit is {self.max_bytes} bytes"
+        await send_error(send, 413, detail, [(b"connection", b"close")])
+
+
+class ApiKeyMiddleware:
+    """When the environment variable is set, paths under `prefix` need `Authorization: Bearer <key>`.
+
+    The key is compared in constant time; other paths (health, readiness, the viewer, the docs) stay open.
+    """
+
+    def __init__(self, app: ASGIApp, env: str, prefix: str = "/v1/") -> None:
+        self.app = app
+        self.env = env
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 401 before the app sees the request when the key is missing or wrong."""
+        expected = os.environ.get(self.env)
+        if scope["type"] == "http" and expected and scope["path"].startswith(self.prefix):
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+                await send_error(send, 401, "Missing or wrong API key", [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+async def send_error(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """A JSON `{"detail": ...}` error response, as FastAPI's own errors look."""
+    body = json.dumps({"detail": detail}).encode()
+    start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers + headers})
+    await send({"type": "http.response.body", "body": body})

@@ -8,13 +8,18 @@ import numpy as np
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "turbo": cv2.COLORMAP_TURBO}
 
 
+def heatmap(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A [0, 1] map in colour (BGR uint8), what overlays blend and what a viewer stacks over the image."""
+    if colormap not in COLORMAPS:
+        raise ValueError(f"Unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}")
+    return cv2.applyColorMap(np.rint(np.clip(cam, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap])
+
+
 def overlay_cam(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
     """Blend a [0, 1] map (same H x W as the image) in colour over the grey image; returns BGR uint8."""
     if gray.shape != cam.shape:
         raise ValueError(f"CAM shape {cam.shape} differs from the image's {gray.shape}")
-    if colormap not in COLORMAPS:
-        raise ValueError(f"Unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}")
-    heat = cv2.applyColorMap(np.rint(np.clip(cam, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap])
+    heat = heatmap(cam, colormap)
     base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     return cv2.addWeighted(heat, alpha, base, 1.0 - alpha, 0.0)
 
