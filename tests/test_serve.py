@@ -701,3 +701,23 @@ def test_serve_script_answers_over_http(smoke_checkpoint, tmp_path):
             process.kill()
             output = process.communicate()[0]
     assert "Model ready" in output and image.name not in output
+
+
+def test_http_matches_eval_predictions(client, smoke_checkpoint, cfg_eval):
+    """eval.py's predictions.csv and the server agree on the test images (probability and decision)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.eval import evaluate
+
+    with open_dict(cfg_eval):
+        cfg_eval.ckpt_path = str(smoke_checkpoint)
+        cfg_eval.bootstrap.n_resamples = 20
+    HydraConfig().set_config(cfg_eval)
+    evaluate(cfg_eval)
+    table = pd.read_csv(Path(cfg_eval.paths.output_dir) / "predictions.csv")
+    assert len(table) == 24
+    for _, row in table.iterrows():
+        body = client.post("/v1/predict", files=upload(Path(row["path"]).read_bytes())).json()
+        assert body["label"] == row["prediction_name"]
+        assert body["probabilities"]["PNEUMONIA"] == pytest.approx(row["probability"], abs=1e-6)
