@@ -20,7 +20,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 def kermany_sample(n: int, split: str = "train") -> list[tuple[Path, int]]:
     """n real (path, label) pairs, alternating classes, in a fixed order."""
     per_class = [sorted((KERMANY / split / name).glob("*.jpeg")) for name in CLASSES]
-    pairs = [(files[i], label) for i in range(n) for label, files in enumerate(per_class)]
+    pairs = [(files[i], label) for i in range(-(-n // 2)) for label, files in enumerate(per_class)]
     return pairs[:n]
 
 

@@ -88,13 +88,23 @@ def load(base: str, images: list[bytes], n: int, concurrency: int) -> dict:
 
 def serve_and_load(command: list[str], ready: str, base: str, images: list[bytes], args) -> dict:
     """Start a server, load it at each concurrency, record its RSS before and after, stop it."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.NamedTemporaryFile(prefix="server_", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_ready(ready, process)
-        load(base, images, len(images), 4)  # warm-up: every image once
+        try:
+            wait_ready(ready, process)
+        except (RuntimeError, TimeoutError):
+            print(Path(log.name).read_text()[-4000:], file=sys.stderr)
+            raise
+        # warm-up at the highest concurrency, so the allocator has seen the largest batches before RSS is read
+        load(base, images, 4 * max(args.concurrency), max(args.concurrency))
         rss = psutil.Process(process.pid)
         before = rss.memory_info().rss
-        runs = {f"c{c}": load(base, images, args.requests, c) for c in args.concurrency}
+        runs = {}
+        for concurrency in args.concurrency:
+            start_rss = rss.memory_info().rss
+            runs[f"c{concurrency}"] = load(base, images, args.requests, concurrency)
+            runs[f"c{concurrency}"]["rss_growth_mb"] = round((rss.memory_info().rss - start_rss) / 2**20, 1)
         after = rss.memory_info().rss
     finally:
         process.terminate()
