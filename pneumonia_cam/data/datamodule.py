@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
 from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.disk_cache import ONE_PROCESS, Ranks
 from pneumonia_cam.data.feature_cache import (
     FeatureCache,
     FeatureCacheConfig,
@@ -159,9 +161,13 @@ class ChestXrayDataModule(LightningDataModule):
         """Prediction runs on the test split, with the shared eval transform."""
         return self.test_dataloader()
 
-    def _is_writer(self) -> bool:
-        """The one process per machine that writes caches (DDP: local rank 0; the others wait, then read)."""
-        return self.trainer is None or self.trainer.local_rank == 0
+    def _ranks(self) -> Ranks:
+        """The processes of this machine that build each cache together, a shard each (DDP; else just one)."""
+        if self.trainer is None or self.trainer.num_devices == 1:
+            return ONE_PROCESS
+        run = self.trainer.strategy.broadcast(uuid.uuid4().hex[:12])  # names this run's shard files
+        tag = f"{run}-node{self.trainer.node_rank}"
+        return Ranks(self.trainer.local_rank, self.trainer.num_devices, self._barrier, tag)
 
     def _barrier(self) -> None:
         """Wait for every DDP rank (a no-op without a Trainer or with one process)."""
@@ -193,8 +199,7 @@ class ChestXrayDataModule(LightningDataModule):
             self.transforms.preprocessing,
             self.image_cache_config.dir,
             threads=max(2, self.hparams.num_workers),
-            is_writer=self._is_writer(),
-            barrier=self._barrier,
+            ranks=self._ranks(),
         )
         self._pixels = {"image_cache": cache.key}
         return (
@@ -232,8 +237,7 @@ class ChestXrayDataModule(LightningDataModule):
                 self.feature_cache_config,
                 self.trainer.lightning_module.net,
                 num_workers=self.hparams.num_workers,
-                is_writer=self._is_writer(),
-                barrier=self._barrier,
+                ranks=self._ranks(),
             )
         return self._feature_cache
 

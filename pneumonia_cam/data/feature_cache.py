@@ -5,6 +5,8 @@ Here each image goes through the backbone once per *view*: validation and test i
 transform; training images `views` times (K) with the train transform, view k seeded by (seed, k, image), and
 epoch e trains on view e % K. K=1 fixes one augmented draw for the whole run (no augmentation diversity);
 a larger K buys diversity at K backbone passes; views: 0 (or an empty augment list) uses the eval transform.
+Under DDP each rank extracts a contiguous run of whole batches of every view and rank 0 assembles the file
+(disk_cache.load_or_build), byte for byte what one process writes.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pneumonia_cam.data.dataset import XrayDataset
 from pneumonia_cam.data.disk_cache import (
+    ONE_PROCESS,
+    Ranks,
     image_digests,
     load_or_build,
     progress,
@@ -112,15 +116,13 @@ class FeatureCache:
         config: FeatureCacheConfig,
         net: ChestXrayNet,
         num_workers: int = 0,
-        is_writer: bool = True,
-        barrier: Callable[[], None] = lambda: None,
+        ranks: Ranks = ONE_PROCESS,
     ) -> None:
         require_frozen_backbone(net)
         self.config = config
         self.net = net
         self.num_workers = num_workers
-        self.is_writer = is_writer
-        self.barrier = barrier
+        self.ranks = ranks
         self.weights = weights_digest(net.features)
 
     def key(self, dataset: XrayDataset, views: Sequence[View], pixels: dict | None = None) -> str:
@@ -143,10 +145,11 @@ class FeatureCache:
         key = self.key(dataset, views, pixels)
         shape = (len(views), len(dataset), self.net.head.fc.in_features)
 
-        def fill(out: np.ndarray) -> None:
+        def fill(out: np.ndarray, rows: range) -> None:
             for index, (transform, seed) in enumerate(views):
                 desc = f"{name} features, view {index + 1}/{len(views)}"
-                out[index] = self.extract(_SeededView(dataset, transform, seed, index), desc)
+                view = _SeededView(dataset, transform, seed, index)
+                out[index] = self.extract(Subset(view, rows), desc)
 
         meta = {
             "split": name,
@@ -154,8 +157,9 @@ class FeatureCache:
             "views": len(views),
             "precision": self.config.precision,
         }
+        path = Path(self.config.dir) / f"{key}.npy"
         return load_or_build(
-            Path(self.config.dir) / f"{key}.npy", shape, np.float32, fill, meta, self.is_writer, self.barrier
+            path, shape, np.float32, fill, meta, self.ranks, axis=1, block=self.config.batch_size
         )
 
     def extract(self, dataset: Dataset, desc: str = "features") -> np.ndarray:
@@ -168,7 +172,7 @@ class FeatureCache:
             generator=torch.Generator(),  # leaves the global RNG, hence the training shuffle, untouched
         )
         chunks = []
-        with progress(len(dataset), desc, enabled=self.is_writer) as bar:
+        with progress(len(dataset), desc, enabled=self.ranks.rank == 0) as bar:
             for images, _ in loader:
                 chunks.append(predictor(images).cpu().numpy())
                 bar.update(len(images))

@@ -3,6 +3,7 @@
 The cache holds the output of the data config's `preprocess` steps, i.e. exactly what the augmentations
 receive, so serving from it changes no pixel; later epochs (and later runs) never decode a file again. A
 pipeline whose augmentations crop should end `preprocess` with a Resize that leaves the crop margin.
+Under DDP each rank pre-processes its slice of the images and rank 0 assembles the file (disk_cache).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import albumentations as A
 import numpy as np
 
 from pneumonia_cam.data.disk_cache import (
+    ONE_PROCESS,
+    Ranks,
     image_digests,
     load_or_build,
     progress,
@@ -50,8 +53,7 @@ class ImageCache:
         preprocess: A.Compose,
         directory: str | Path,
         threads: int = 2,
-        is_writer: bool = True,
-        barrier: Callable[[], None] = lambda: None,
+        ranks: Ranks = ONE_PROCESS,
     ) -> ImageCache:
         """Open the cache of these images under this preprocessing, building it first when missing."""
         key = stable_digest(
@@ -66,20 +68,24 @@ class ImageCache:
 
         first = prepared(paths[0])
 
-        def fill(out: np.ndarray) -> None:
-            with ThreadPoolExecutor(threads) as pool, progress(len(paths), "image cache") as bar:
-                for row, image in enumerate(pool.map(prepared, paths)):  # OpenCV releases the GIL
+        def fill(out: np.ndarray, rows: range) -> None:
+            mine = [paths[row] for row in rows]
+            with (
+                ThreadPoolExecutor(threads) as pool,
+                progress(len(mine), "image cache", enabled=ranks.rank == 0) as bar,
+            ):
+                for row, image in enumerate(pool.map(prepared, mine)):  # OpenCV releases the GIL
                     if image.shape != first.shape or image.dtype != np.uint8:
                         raise ValueError(
                             f"preprocess must give {first.shape} uint8 images to cache, got {image.shape} "
-                            f"{image.dtype} for {paths[row]} (end data.transforms.preprocess with a Resize)"
+                            f"{image.dtype} for {mine[row]} (end data.transforms.preprocess with a Resize)"
                         )
                     out[row] = image
                     bar.update(1)
 
         file = Path(directory) / f"{key}.npy"
         meta = {"images": len(paths), "preprocess": transform_config(preprocess)}
-        load_or_build(file, (len(paths), *first.shape), np.uint8, fill, meta, is_writer, barrier)
+        load_or_build(file, (len(paths), *first.shape), np.uint8, fill, meta, ranks)
         return cls(file, paths, key)
 
     def read(self, path: str) -> np.ndarray:
