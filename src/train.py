@@ -8,6 +8,8 @@ from typing import Any  # noqa: E402
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from lightning import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -79,6 +81,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Entry point: apply extras, train, and hand the optimised metric to a Hydra sweeper."""
+    hydra_cfg = HydraConfig.get()
+    if (
+        hydra_cfg.mode == RunMode.MULTIRUN
+        and hydra_cfg.launcher._target_.endswith(".BasicLauncher")
+        and cfg.trainer.get("strategy") == "ddp"
+    ):
+        raise ValueError(
+            "trainer.strategy=ddp re-runs this command for every rank, which inside a multirun (-m) with the "
+            "basic launcher re-launches the whole sweep (Lightning #11300). Use trainer.strategy=ddp_spawn "
+            "(trainer=ddp_sim on CPU), or hydra/launcher=submitit_slurm, where srun starts the ranks."
+        )
     extras(cfg)
     metric_dict, _ = train(cfg)
     return get_metric_value(metric_dict=metric_dict, metric_name=cfg.get("optimized_metric"))
