@@ -4,6 +4,7 @@ import rootutils
 
 rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
 
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import hydra  # noqa: E402
@@ -27,6 +28,15 @@ from pneumonia_cam.utils import (  # noqa: E402
 from pneumonia_cam.utils.run_config import RunConfigInCheckpoint  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+    """`auto`: this run directory's checkpoints/last.ckpt if it exists (a requeued job), else start fresh."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    last = Path(output_dir, "checkpoints", "last.ckpt")
+    log.info(f"ckpt_path=auto: {f'resuming from {last}' if last.is_file() else f'no {last}, starting fresh'}")
+    return str(last) if last.is_file() else None
 
 
 @task_wrapper
@@ -61,7 +71,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.get("train"):
         log.info("Starting training!")
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         write_training_curves(trainer, cfg.monitor.metric, cfg.paths.output_dir)
     train_metrics = dict(trainer.callback_metrics)
 
