@@ -19,6 +19,7 @@ from pneumonia_cam.evaluation.operating_point import json_ready, save_operating_
 from pneumonia_cam.evaluation.publish import publish  # noqa: E402
 from pneumonia_cam.inference.model import InferenceModel, PredictionModule  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
+from pneumonia_cam.utils.logging_utils import link_checkpoints  # noqa: E402
 from pneumonia_cam.utils.run_config import load_run_config, training_split_sha256  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
@@ -124,6 +125,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     object_dict = {"cfg": cfg, "datamodule": datamodule, "model": model, "logger": logger, "trainer": trainer}
     if logger:
         log_hyperparameters(object_dict)
+        link_checkpoints(logger, [cfg.ckpt_path, *members])
 
     log.info(f"Predicting the test and validation splits with {1 + len(members)} model(s)")
     parts = [predict_splits(trainer, model, datamodule)]

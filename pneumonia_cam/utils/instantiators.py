@@ -3,7 +3,7 @@
 import hydra
 from lightning import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from pneumonia_cam.utils.pylogger import RankedLogger
 
@@ -31,9 +31,5 @@ def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[Callback]:
 
 
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
-    """Instantiate the loggers of `cfg.logger`; an offline W&B logger never uploads models."""
-    if logger_cfg and "wandb" in logger_cfg and logger_cfg.wandb and logger_cfg.wandb.get("offline"):
-        # WandbLogger refuses log_model together with offline=True
-        with open_dict(logger_cfg):
-            logger_cfg.wandb.log_model = False
+    """Instantiate the loggers of `cfg.logger` (W&B: `pneumonia_cam.utils.logging_utils.WandbLogger`)."""
     return _instantiate_group(logger_cfg, "logger")

@@ -1,7 +1,10 @@
 """OmegaConf resolvers the configs use; registered once when `pneumonia_cam.utils` is imported."""
 
 import os
+from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 
@@ -10,6 +13,15 @@ def wandb_offline() -> bool:
     if os.environ.get("WANDB_MODE", "").lower() in {"offline", "dryrun", "disabled"}:
         return True
     return not os.environ.get("WANDB_API_KEY")
+
+
+def wandb_group(task_name: str) -> str:
+    """One W&B group per Hydra sweep (`<task>-<sweep dir name>`, shared by its jobs); else the task name."""
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return f"{task_name}-{Path(hydra_cfg.sweep.dir).name}"
+    return task_name
 
 
 def optuna_direction(mode: str) -> str:
@@ -23,4 +35,5 @@ def optuna_direction(mode: str) -> str:
 def register_resolvers() -> None:
     """Register the project's resolvers (idempotent, so tests may import repeatedly)."""
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
+    OmegaConf.register_new_resolver("wandb_group", wandb_group, replace=True)
     OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
