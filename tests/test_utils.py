@@ -59,3 +59,12 @@ def test_csv_logger_keeps_columns_written_by_another_process(tmp_path):
     rows = pd.read_csv(tmp_path / "csv" / "version_0" / "metrics.csv")
     assert list(rows.columns) == ["step", "test/acc", "train/loss", "val/loss"]
     assert rows["train/loss"].iloc[0] == 0.5 and rows["test/acc"].iloc[1] == 0.9
+
+
+def test_sqlite_url_creates_the_folder(tmp_path):
+    """The Optuna storage resolver makes the database's folder, which SQLite itself would not."""
+    from pneumonia_cam.utils.resolvers import sqlite_url
+
+    path = tmp_path / "fresh" / "logs" / "optuna.db"
+    assert sqlite_url(str(path)) == f"sqlite:///{path}"
+    assert path.parent.is_dir() and not path.exists()

@@ -32,8 +32,15 @@ def optuna_direction(mode: str) -> str:
     return directions[mode]
 
 
+def sqlite_url(path: str) -> str:
+    """SQLite URL for `path`, creating its folder first (SQLite does not; the sweeper opens it early)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers (idempotent, so tests may import repeatedly)."""
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
     OmegaConf.register_new_resolver("wandb_group", wandb_group, replace=True)
     OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
+    OmegaConf.register_new_resolver("sqlite_url", sqlite_url, replace=True)
