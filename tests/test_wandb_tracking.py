@@ -295,7 +295,7 @@ def test_offline_run_records_artifacts_for_wandb_sync(tmp_path, monkeypatch):
     records = wandb_records(run_dir)
     artifacts = [record.artifact for record in records if record.WhichOneof("record_type") == "artifact"]
     # wandb adds `latest` to every version it logs and moves it on: it ends on last.ckpt's version
-    assert [(a.name, a.type, list(a.aliases)) for a in artifacts] == [
+    assert [(a.name, a.type, sorted(a.aliases)) for a in artifacts] == [
         (f"model-{run_id}", "model", ["best", "latest"]),
         (f"model-{run_id}", "model", ["latest"]),
     ]
