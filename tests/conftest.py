@@ -1,6 +1,7 @@
 """Shared fixtures: composed train/eval configs for the offline smoke experiment, in temporary folders."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, open_dict
 rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# W&B stages logged checkpoint artifacts here; keep the suite's copies out of ~/.local/share/wandb
+os.environ.setdefault("WANDB_DATA_DIR", os.path.join(tempfile.gettempdir(), "pneumonia_cam_tests_wandb"))
 
 from helpers import compose_config  # noqa: E402
 
