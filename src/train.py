@@ -89,20 +89,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return {**train_metrics, **test_metrics}, object_dict
 
 
+def check_ddp_launch(mode: RunMode, launcher: str, strategy: str | None) -> None:
+    """Refuse `-m` + strategy=ddp where Lightning would re-run the sweep command per rank (Lightning #11300).
+
+    Only submitit_slurm starts the ranks itself (srun, one task per GPU), so Lightning launches nothing there.
+    """
+    if mode == RunMode.MULTIRUN and strategy == "ddp" and not launcher.endswith(".SlurmLauncher"):
+        raise ValueError(
+            "trainer.strategy=ddp re-runs this command for every rank, which inside a multirun (-m) with "
+            f"{launcher.rsplit('.', 1)[-1]} re-launches the sweep or the submitit job (Lightning #11300). "
+            "Use trainer.strategy=ddp_spawn (trainer=ddp_sim on CPU), or hydra/launcher=submitit_slurm, "
+            "where srun starts the ranks."
+        )
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Entry point: apply extras, train, and hand the optimised metric to a Hydra sweeper."""
     hydra_cfg = HydraConfig.get()
-    if (
-        hydra_cfg.mode == RunMode.MULTIRUN
-        and hydra_cfg.launcher._target_.endswith(".BasicLauncher")
-        and cfg.trainer.get("strategy") == "ddp"
-    ):
-        raise ValueError(
-            "trainer.strategy=ddp re-runs this command for every rank, which inside a multirun (-m) with the "
-            "basic launcher re-launches the whole sweep (Lightning #11300). Use trainer.strategy=ddp_spawn "
-            "(trainer=ddp_sim on CPU), or hydra/launcher=submitit_slurm, where srun starts the ranks."
-        )
+    check_ddp_launch(hydra_cfg.mode, hydra_cfg.launcher._target_, cfg.trainer.get("strategy"))
     extras(cfg)
     metric_dict, _ = train(cfg)
     return get_metric_value(metric_dict=metric_dict, metric_name=cfg.get("optimized_metric"))

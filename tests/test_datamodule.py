@@ -12,9 +12,9 @@ from data_helpers import IMAGENET_MEAN, IMAGENET_STD, folder_datamodule, make_cl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from torch.utils.data import WeightedRandomSampler
 
 from pneumonia_cam.data.datamodule import ChestXrayDataModule
+from pneumonia_cam.data.sampling import EpochSampler
 from pneumonia_cam.data.sources import MedMNISTSource
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -164,9 +164,14 @@ def test_balance_loss_weights_by_hand(folder: Path) -> None:
 def test_balance_sampler_draws_roughly_balanced(folder: Path) -> None:
     dm = _ready(folder_datamodule(folder, balance="sampler"))
     sampler = dm.train_dataloader().sampler
-    assert isinstance(sampler, WeightedRandomSampler)
+    assert isinstance(sampler, EpochSampler) and sampler.weights is not None
     labels = dm.data_train.records["label"].to_numpy()
-    drawn = np.concatenate([labels[list(sampler)] for _ in range(40)])
+
+    def epoch(number: int) -> list[int]:
+        sampler.set_epoch(number)
+        return [key.index for key in sampler]
+
+    drawn = np.concatenate([labels[epoch(e)] for e in range(40)])
     assert _train_counts(dm)[1] > 2 * _train_counts(dm)[0]  # imbalanced before
     assert abs(drawn.mean() - 0.5) < 0.05
 

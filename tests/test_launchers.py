@@ -10,8 +10,11 @@ import yaml
 from helpers import assert_ok, compose_config, run_entry_point
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from submitit.slurm.slurm import SlurmExecutor, SlurmJob
+
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"]
 SMOKE_EPOCH = ["experiment=smoke", "trainer.max_epochs=1", "test=false", *QUIET]
@@ -91,6 +94,28 @@ def test_slurm_job_of_two_nodes_by_four_gpus(tmp_path, monkeypatch, overrides, e
     ]
 
 
+@pytest.mark.parametrize(
+    ("mode", "launcher", "strategy", "refused"),
+    [
+        (RunMode.MULTIRUN, "hydra._internal.core_plugins.basic_launcher.BasicLauncher", "ddp", True),
+        (RunMode.MULTIRUN, f"{SUBMITIT}.LocalLauncher", "ddp", True),
+        (RunMode.MULTIRUN, f"{SUBMITIT}.SlurmLauncher", "ddp", False),
+        (RunMode.MULTIRUN, f"{SUBMITIT}.LocalLauncher", "ddp_spawn", False),
+        (RunMode.MULTIRUN, "hydra._internal.core_plugins.basic_launcher.BasicLauncher", "auto", False),
+        (RunMode.RUN, "hydra._internal.core_plugins.basic_launcher.BasicLauncher", "ddp", False),
+    ],
+)
+def test_ddp_launch_combinations(mode, launcher, strategy, refused):
+    """As documented: ddp in a multirun only under submitit_slurm; spawn DDP and single runs anywhere."""
+    from src.train import check_ddp_launch
+
+    if refused:
+        with pytest.raises(ValueError, match=rf"with {launcher.rsplit('.', 1)[-1]} .*Lightning #11300"):
+            check_ddp_launch(mode, launcher, strategy)
+    else:
+        check_ddp_launch(mode, launcher, strategy)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "refused"), [("ddp", True), ("ddp_spawn", False)])
 def test_multirun_refuses_ddp_with_basic_launcher(tmp_path, data_dir, strategy, refused):
@@ -123,7 +148,11 @@ def test_multirun_refuses_ddp_with_basic_launcher(tmp_path, data_dir, strategy, 
 
 @pytest.mark.slow
 def test_submitit_local_jobs_return_their_metric(tmp_path, data_dir):
-    """Two sweep points, two processes, two run dirs; each result pickle holds the val/loss_best it logged."""
+    """Two sweep points, two processes, two run dirs; each result pickle holds the val/loss_best it logged.
+
+    The sweep dir has a `${now:}` to the microsecond: the jobs, later and in other processes, still land in
+    the one folder the launcher made, so a requeued job (the same pickle, run again) lands there too.
+    """
     result = run_entry_point(
         "train.py",
         [
@@ -132,15 +161,16 @@ def test_submitit_local_jobs_return_their_metric(tmp_path, data_dir):
             "model.optimizer.lr=0.001,0.01",
             "+optimized_metric=val/loss_best",
             f"paths.data_dir={data_dir}",
-            f"hydra.sweep.dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/sweep-${{now:%H-%M-%S-%f}}",
             *SMOKE_EPOCH,
         ],
         timeout=300,
     )
     assert_ok(result)
+    (sweep_dir,) = tmp_path.glob("sweep-*")
     # the launcher reads these pickles back and hands their JobReturn to the sweeper
     results = {}
-    for path in tmp_path.glob(".submitit/*/*_0_result.pkl"):
+    for path in sweep_dir.glob(".submitit/*/*_0_result.pkl"):
         status, job_return = pickle.loads(path.read_bytes())
         assert status == "success"
         assert isinstance(job_return, JobReturn)
@@ -150,7 +180,8 @@ def test_submitit_local_jobs_return_their_metric(tmp_path, data_dir):
         Path(ret.hydra_cfg.hydra.runtime.output_dir).name: (job_id, ret) for job_id, ret in results.items()
     }
     assert sorted(by_dir) == ["0", "1"]
-    for job_dir in job_dirs(tmp_path):
+    assert {Path(ret.hydra_cfg.hydra.runtime.output_dir).parent for ret in results.values()} == {sweep_dir}
+    for job_dir in job_dirs(sweep_dir):
         job_id, job_return = by_dir[job_dir.name]
         assert job_return.return_value == pytest.approx(best_logged(job_dir), rel=1e-6)
         assert job_return.overrides[0] == f"model.optimizer.lr={['0.001', '0.01'][int(job_dir.name)]}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_config
 from helpers import ROOT
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,8 +17,8 @@ from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, open_dict
 
 STEPS_PER_EPOCH = 4  # smoke set: 112 training images in batches of 32
-# bitwise-reproducible CPU runs; no in-process augmentation, whose stream the checkpoint does not carry
-EXACT = {"trainer.deterministic": True, "data.num_workers": 0, "data.transforms.augment": []}
+# bitwise-reproducible CPU runs, augmentation on (train order and augmentation follow (seed, epoch, position))
+EXACT = {"trainer.deterministic": True, "data.num_workers": 0}
 
 
 class SignalProbe(Callback):
@@ -117,7 +118,6 @@ def test_last_checkpoint_is_the_final_epoch_not_the_best(cfg_train):
 @pytest.mark.slow
 def test_interrupted_then_auto_resumed_equals_uninterrupted(cfg_train, tmp_path, data_dir):
     """2 epochs, then `ckpt_path=auto` to 4 in the same run dir, ends bitwise equal to 4 epochs in one go."""
-    from conftest import smoke_config
 
     base = {**EXACT, "callbacks.early_stopping": None}
     configure(cfg_train, **base, **{"trainer.max_epochs": 2, "ckpt_path": "auto"})
@@ -130,9 +130,50 @@ def test_interrupted_then_auto_resumed_equals_uninterrupted(cfg_train, tmp_path,
     straight = configure(smoke_config(tmp_path / "straight", data_dir), **base, **{"trainer.max_epochs": 4})
     reference = run_train(straight)
     GlobalHydra.instance().clear()
-    resumed_weights = resumed["model"].state_dict()
-    for key, value in reference["model"].state_dict().items():
-        assert torch.equal(value, resumed_weights[key]), key
+    assert_same_weights(resumed["model"], reference["model"])
+
+
+def assert_same_weights(model: LightningModule, reference: LightningModule) -> None:
+    """Every parameter and buffer bitwise equal."""
+    weights = model.state_dict()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def with_probe(cfg: DictConfig, marker: Path, at_step: int, send: int | None = None) -> DictConfig:
+    """Add SignalProbe to the callbacks."""
+    with open_dict(cfg):
+        cfg.callbacks.signal_probe = {
+            "_target_": "test_resume.SignalProbe",
+            "at_step": at_step,
+            "marker": str(marker),
+            "send": None if send is None else int(send),
+        }
+    return cfg
+
+
+@pytest.mark.slow
+def test_mid_epoch_stop_then_auto_resume_equals_uninterrupted(cfg_train, tmp_path, data_dir):
+    """SIGTERM at step 6 (mid-epoch 1 of 3), rerun with `ckpt_path=auto`: bitwise the weights of one run.
+
+    Augmentation is on: the rerun must continue epoch 1 at its 7th batch with the same images and draws.
+    """
+    base = {**EXACT, "callbacks.early_stopping": None, "trainer.max_epochs": 3, "ckpt_path": "auto"}
+    marker = Path(cfg_train.paths.output_dir, "marker")
+    with_probe(configure(cfg_train, **base), marker, at_step=6, send=signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        run_train(cfg_train)
+    stopped = load(marker.parent / "checkpoints" / "last.ckpt")
+    assert (stopped["global_step"], stopped["epoch"]) == (6, 1)
+    assert stopped["ChestXrayDataModule"] == {"epoch": 1, "position": 2 * 32, "epoch_done": False}
+    resumed = run_train(cfg_train)  # the probe is at a step it has passed: it records the start only
+    assert marker.with_suffix(".starts").read_text().split() == ["0", "6"]
+    assert resumed["trainer"].global_step == 3 * STEPS_PER_EPOCH
+
+    straight = configure(smoke_config(tmp_path / "straight", data_dir), **base)
+    reference = run_train(straight)
+    GlobalHydra.instance().clear()
+    assert_same_weights(resumed["model"], reference["model"])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
@@ -144,15 +185,7 @@ def test_signal_saves_last_checkpoint_and_requeues_only_on_sigusr1(cfg_train, mo
     monkeypatch.setattr(resume.subprocess, "run", lambda cmd, **_: calls.append(cmd) or _Done())
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     marker = Path(cfg_train.paths.output_dir, "marker")
-    configure(cfg_train, **{"trainer.max_epochs": 4})
-    with open_dict(cfg_train):
-        probe = {
-            "_target_": "test_resume.SignalProbe",
-            "at_step": 6,
-            "marker": str(marker),
-            "send": int(signum),
-        }
-        cfg_train.callbacks.signal_probe = probe
+    with_probe(configure(cfg_train, **{"trainer.max_epochs": 4}), marker, at_step=6, send=signum)
     with pytest.raises(SystemExit) as stopped:
         run_train(cfg_train)
     assert stopped.value.code in (None, 0)
@@ -206,7 +239,8 @@ ENV = {
 
 @pytest.mark.slow
 def test_sigusr1_subprocess_exits_cleanly_and_rerun_resumes(tmp_path, data_dir):
-    """SIGUSR1 from outside mid-epoch: exit 0, last.ckpt at that step; the same command resumes from it."""
+    """SIGUSR1 from outside mid-epoch: exit 0, last.ckpt at that step; the same command resumes from it and
+    ends with bitwise the weights of an uninterrupted run."""
     run_dir = tmp_path / "run"
     marker = tmp_path / "marker"
     probe = [
@@ -234,3 +268,13 @@ def test_sigusr1_subprocess_exits_cleanly_and_rerun_resumes(tmp_path, data_dir):
     assert marker.with_suffix(".starts").read_text().split() == ["0", "6"]
     final = load(run_dir / "checkpoints" / "last.ckpt")
     assert (final["global_step"], final["epoch"]) == (4 * STEPS_PER_EPOCH, 3)
+
+    # and ends where the same command, never interrupted, ends
+    straight_dir = tmp_path / "straight"
+    straight = subprocess.run(
+        train_command(straight_dir, data_dir), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
+    )
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    reference = load(straight_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    for key, value in reference.items():
+        assert torch.equal(value, final["state_dict"][key]), key

@@ -362,3 +362,17 @@ def test_multirun_jobs_share_one_group_offline(tmp_path, data_dir):
         runs.append((run.run_group, run.job_type, run.run_id))
     assert runs[0][:2] == runs[1][:2] == ("train-sweep", "train")
     assert runs[0][2] != runs[1][2]
+
+
+def test_a_rerun_in_the_same_run_dir_continues_its_wandb_run(tmp_path, monkeypatch):
+    """A requeued job reruns in its run directory: the second start reuses the run id (resume="allow")."""
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+    ids = []
+    for _ in range(2):
+        logger = WandbLogger(offline=True, save_dir=str(tmp_path / "run"), project="test")
+        ids.append(logger.experiment.id)
+        wandb.finish()
+    assert ids[0] == ids[1] == (tmp_path / "run" / "wandb" / "run_id").read_text()
+    assert len(list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2  # both synced
+    assert WandbLogger(offline=True, save_dir=str(tmp_path / "other")).version != ids[0]
+    assert WandbLogger(offline=True, save_dir=str(tmp_path / "run"), id="chosen").version == "chosen"

@@ -127,6 +127,15 @@ class BatchStage:
             raise TypeError(f"the batch stage expects uint8 images, got {images.dtype}")
         return self.normalize(self.augment(images.float(), self._generator(images.device)))
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Each device's stream position, so a run resumed from a checkpoint continues the same draws."""
+        return {str(device): generator.get_state() for device, generator in self._generators.items()}
+
+    def load_state_dict(self, states: dict[str, torch.Tensor]) -> None:
+        """Continue the streams `state_dict` captured (devices are matched by name, e.g. 'cpu', 'cuda:0')."""
+        for device, state in states.items():
+            self._generator(torch.device(device)).set_state(state)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         """One seeded random stream per device, so runs repeat and DDP ranks (seed + rank) differ."""
         if device not in self._generators:

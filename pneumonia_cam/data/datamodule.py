@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler, get_worker_info
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset
 
 from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
 from pneumonia_cam.data.dataset import XrayDataset
@@ -36,6 +37,7 @@ from pneumonia_cam.data.feature_cache import (
 from pneumonia_cam.data.folds import assign_folds
 from pneumonia_cam.data.image_cache import ImageCache, ImageCacheConfig
 from pneumonia_cam.data.image_io import ImageReadError
+from pneumonia_cam.data.sampling import EpochSampler
 from pneumonia_cam.data.sources import RECORD_COLUMNS, ImageSource
 from pneumonia_cam.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
 from pneumonia_cam.data.transforms import XrayTransforms
@@ -111,6 +113,7 @@ class ChestXrayDataModule(LightningDataModule):
         self._features: dict[str, FeatureDataset] = {}
         self.batch_augment = batch_augment
         self.batch_stage: BatchStage | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored mid-epoch checkpoint
 
     def prepare_data(self) -> None:
         """Download or generate the data (Lightning calls this on one process only)."""
@@ -147,9 +150,15 @@ class ChestXrayDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, or drawn by a class-balancing sampler when balance='sampler'."""
-        sampler = self._balancing_sampler() if self.hparams.balance == "sampler" else None
-        return self._loader(self._served("train"), shuffle=sampler is None, sampler=sampler)
+        """Shuffled, or drawn by class weight (balance=sampler), from (seed, epoch) alone (EpochSampler)."""
+        dataset = self._served("train")
+        weights = self._balancing_weights() if self.hparams.balance == "sampler" else None
+        ranks = (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
+        sampler = EpochSampler(len(dataset), self.hparams.seed, weights, *ranks)
+        if self._resume_at is not None:
+            sampler.start_at(*self._resume_at)
+            self._resume_at = None
+        return self._loader(dataset, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._served("val"))
@@ -160,6 +169,30 @@ class ChestXrayDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Prediction runs on the test split, with the shared eval transform."""
         return self.test_dataloader()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch (and the batch stage's streams): a resume continues exactly."""
+        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        trainer = self.trainer
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this epoch's batches run so far
+        state: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "position": batches * self.hparams.batch_size,
+            "epoch_done": batches >= trainer.num_training_batches,
+        }
+        if self.batch_stage is not None:
+            state["batch_stage"] = self.batch_stage.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning calls this on resume, after setup() and before train_dataloader()."""
+        if not state_dict:
+            return
+        epoch, position = state_dict["epoch"], state_dict["position"]
+        self._resume_at = (epoch + 1, 0) if state_dict["epoch_done"] else (epoch, position)
+        if self.batch_stage is not None and "batch_stage" in state_dict:
+            self.batch_stage.load_state_dict(state_dict["batch_stage"])
 
     def _ranks(self) -> Ranks:
         """The processes of this machine that build each cache together, a shard each (DDP; else just one)."""
@@ -217,8 +250,7 @@ class ChestXrayDataModule(LightningDataModule):
             return dataset
         if split not in self._features:
             features = self._cache().features(dataset, self._views(split), split, self._pixels)
-            epoch = self._current_epoch if split == "train" else lambda: 0
-            self._features[split] = FeatureDataset(features, dataset.records["label"], epoch)
+            self._features[split] = FeatureDataset(features, dataset.records["label"])
         return self._features[split]
 
     def _views(self, split: str) -> list[View]:
@@ -240,10 +272,6 @@ class ChestXrayDataModule(LightningDataModule):
                 ranks=self._ranks(),
             )
         return self._feature_cache
-
-    def _current_epoch(self) -> int:
-        """The Trainer's epoch, which picks the train view (epoch % views)."""
-        return self.trainer.current_epoch
 
     def _validated_records(self, records: pd.DataFrame) -> pd.DataFrame:
         """Fail early on a source that breaks the records contract (columns, labels, splits, duplicates)."""
@@ -367,35 +395,23 @@ class ChestXrayDataModule(LightningDataModule):
             )
         return counts
 
-    def _balancing_sampler(self) -> WeightedRandomSampler:
+    def _balancing_weights(self) -> list[float]:
         """Draw train images with probability inversely proportional to their class frequency."""
         labels = self.data_train.records["label"].to_numpy(dtype=np.int64)
-        weights = 1.0 / self._class_counts(self.data_train.records)[labels]
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return WeightedRandomSampler(
-            weights.tolist(), num_samples=len(labels), replacement=True, generator=generator
-        )
+        return (1.0 / self._class_counts(self.data_train.records)[labels]).tolist()
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: EpochSampler | None = None) -> DataLoader:
         """One place for the DataLoader options shared by every split (features need no workers)."""
         workers = 0 if isinstance(dataset, FeatureDataset) else self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.persistent_workers and workers > 0,
-            worker_init_fn=_seed_worker_transforms if workers > 0 else None,
             drop_last=False,
         )
-
-
-def _seed_worker_transforms(worker_id: int) -> None:
-    """Give each worker its own reproducible augmentation stream instead of forked copies of one."""
-    info = get_worker_info()
-    info.dataset.reseed(info.seed % 2**32)
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

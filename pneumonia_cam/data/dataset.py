@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
+
+from pneumonia_cam.data.sampling import SampleKey
 
 
 class XrayDataset(Dataset):
@@ -34,7 +36,18 @@ class XrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self._paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[int | SampleKey]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One batch; keys from EpochSampler reseed the augmentation from the batch's first key, so a batch
+        is a function of (seed, epoch, position), whichever worker loads it, resumed or not."""
+        if keys and isinstance(keys[0], SampleKey):
+            self.reseed(keys[0].seed)
+            keys = [key.index for key in keys]
+        return [self._item(index) for index in keys]
+
+    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self._paths[index]
         image = _to_chw_tensor(self.transform(image=self.reader(path))["image"])
         if self.dtype == torch.uint8 and image.dtype != torch.uint8:
@@ -45,7 +58,7 @@ class XrayDataset(Dataset):
         return image.to(self.dtype), torch.tensor(self._labels[index], dtype=torch.int64)
 
     def reseed(self, seed: int) -> None:
-        """Give this copy of the dataset its own augmentation stream (one per DataLoader worker)."""
+        """Restart the augmentation stream from `seed`."""
         self.transform.set_random_seed(seed)
 
 

@@ -12,7 +12,7 @@ Under DDP each rank extracts a contiguous run of whole batches of every view and
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from pneumonia_cam.data.disk_cache import (
     transform_config,
     weights_digest,
 )
+from pneumonia_cam.data.sampling import SampleKey
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import PRECISIONS, Predictor
 
@@ -91,20 +92,18 @@ class _SeededView(Dataset):
 
 
 class FeatureDataset(Dataset):
-    """(pooled features, label) pairs from a K x N x C array; the current epoch picks the view."""
+    """(pooled features, label) pairs from a K x N x C array; a key's epoch picks the view (int: view 0)."""
 
-    def __init__(
-        self, features: np.ndarray, labels: Sequence[int], epoch: Callable[[], int] = lambda: 0
-    ) -> None:
+    def __init__(self, features: np.ndarray, labels: Sequence[int]) -> None:
         self.features = features
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.features.shape[1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view = self.epoch() % self.features.shape[0]
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        index, epoch = (key.index, key.epoch) if isinstance(key, SampleKey) else (key, 0)
+        view = epoch % self.features.shape[0]
         return torch.from_numpy(np.array(self.features[view, index])), self.labels[index]
 
 

@@ -1,6 +1,7 @@
 """Send the run's configuration and provenance to every active logger, and checkpoints to W&B."""
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ log = RankedLogger(__name__, rank_zero_only=True)
 
 # written next to the checkpoints: which file became which W&B artifact version (eval links to it by this)
 ARTIFACT_MANIFEST = "wandb_artifacts.json"
+# in `<run dir>/wandb/`: the run's W&B id, reused when the same run directory trains again
+RUN_ID_FILE = "run_id"
 
 
 @rank_zero_only
@@ -52,6 +55,8 @@ class WandbLogger(LightningWandbLogger):
     """
 
     def __init__(self, *args: Any, log_model: Literal["all"] | bool = False, **kwargs: Any) -> None:
+        if not (kwargs.get("id") or kwargs.get("version")) and kwargs.get("save_dir"):
+            kwargs["id"] = run_id_of(Path(kwargs["save_dir"]))
         # Lightning refuses log_model offline; offline runs record artifacts for `wandb sync` all the same
         super().__init__(*args, log_model=False, **kwargs)
         self.checkpoint_artifacts = log_model
@@ -119,6 +124,19 @@ class WandbLogger(LightningWandbLogger):
             reference = artifact_path(run.entity, run.project, f"{self.artifact_name}:{alias}")
             record_logged_checkpoint(Path(path), reference, sha256, run.id)
             log.info(f"Logged {Path(path).name} as W&B artifact {reference}")
+
+
+def run_id_of(save_dir: Path) -> str:
+    """The W&B run id of this run directory, made once: a requeued job (same directory) continues that run
+    (Lightning passes `resume="allow"`) instead of starting a second one."""
+    path = save_dir / "wandb" / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:  # other DDP ranks never start a run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id)
+    return run_id
 
 
 def score_metadata(monitor: str | None, score: Any) -> dict[str, Any]:
