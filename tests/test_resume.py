@@ -117,12 +117,21 @@ def test_last_checkpoint_is_the_final_epoch_not_the_best(cfg_train):
 
 @pytest.mark.slow
 def test_interrupted_then_auto_resumed_equals_uninterrupted(cfg_train, tmp_path, data_dir):
-    """2 epochs, then `ckpt_path=auto` to 4 in the same run dir, ends bitwise equal to 4 epochs in one go."""
+    """2 epochs, then `ckpt_path=auto` to 4 in the same run dir, ends bitwise equal to 4 epochs in one go.
 
-    base = {**EXACT, "callbacks.early_stopping": None}
+    Epoch 1 does not improve on epoch 0 (monitor `epoch`, mode min): a last.ckpt that copied the best epoch
+    would resume from epoch 0 and end elsewhere.
+    """
+    base = {
+        **EXACT,
+        "callbacks.early_stopping": None,
+        "callbacks.model_checkpoint.monitor": "epoch",
+        "callbacks.model_checkpoint.mode": "min",
+    }
     configure(cfg_train, **base, **{"trainer.max_epochs": 2, "ckpt_path": "auto"})
     first = run_train(cfg_train)["trainer"]
     assert first.global_step == 2 * STEPS_PER_EPOCH
+    assert load(Path(first.checkpoint_callback.best_model_path))["epoch"] == 0
     configure(cfg_train, **{"trainer.max_epochs": 4})
     resumed = run_train(cfg_train)
     assert resumed["trainer"].global_step == 4 * STEPS_PER_EPOCH

@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from helpers import KERMANY, ROOT, SHARED_DATA, assert_ok, compose_config, run_entry_point
 from hydra.core.global_hydra import GlobalHydra
 
+from pneumonia_cam.data import preprocessor
 from pneumonia_cam.data.image_io import (
     ImageReadError,
     UnsupportedFormatError,
@@ -36,7 +37,6 @@ from pneumonia_cam.data.image_io import (
 )
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.cam import postprocess
-from pneumonia_cam.serving import engine
 from pneumonia_cam.serving.app import create_app
 from pneumonia_cam.serving.limits import ApiKeyMiddleware, BodySizeLimitMiddleware
 from pneumonia_cam.utils.overlay import overlay_cam
@@ -436,7 +436,9 @@ def _truncated_jpeg() -> bytes:
 def test_bad_inputs_get_precise_errors(client, monkeypatch, make, status, detail):
     """Each malformed upload gets its status and reason; oversized ones are refused before any decode."""
     if detail in {"sides above 10000", "more than 50000000"}:
-        monkeypatch.setattr(engine, "decode_grayscale", lambda *_: pytest.fail("decoded an oversized image"))
+        monkeypatch.setattr(
+            preprocessor, "decode_grayscale", lambda *_: pytest.fail("decoded an oversized image")
+        )
     response = client.post("/v1/predict", files=upload(make(), "scan.png"))
     assert response.status_code == status, response.text
     assert detail in response.json()["detail"]

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
 from pneumonia_cam.data.dataset import XrayDataset
+from pneumonia_cam.data.dicom import DicomPolicy
 from pneumonia_cam.data.disk_cache import ONE_PROCESS, Ranks
 from pneumonia_cam.data.feature_cache import (
     FeatureCache,
@@ -74,6 +75,7 @@ class ChestXrayDataModule(LightningDataModule):
         image_cache: dict | None = None,
         feature_cache: dict | None = None,
         batch_augment: BatchAugment | None = None,
+        dicom: dict | None = None,
     ) -> None:
         super().__init__()
         # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
@@ -83,6 +85,7 @@ class ChestXrayDataModule(LightningDataModule):
         output_dir = None if output_dir is None else str(output_dir)
         image_cache = asdict(ImageCacheConfig(**(image_cache or {})))
         feature_cache = asdict(FeatureCacheConfig(**(feature_cache or {})))
+        dicom = asdict(DicomPolicy.from_config(dicom))
         _check_choice("balance", balance, BALANCE_MODES)
         _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
@@ -95,6 +98,7 @@ class ChestXrayDataModule(LightningDataModule):
         self.save_hyperparameters(logger=False, ignore=["source", "transforms", "batch_augment"])
 
         self.source = source(data_dir)
+        self.source.dicom = DicomPolicy(**dicom)
         self.transforms = transforms
         self.eval_transform = transforms.eval
         self.class_names = class_names

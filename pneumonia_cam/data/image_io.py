@@ -7,13 +7,15 @@ import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from pydicom import Dataset
+from pneumonia_cam.data.dicom import DEFAULT_POLICY, DicomPolicy, read_dicom
+from pneumonia_cam.data.errors import ImageReadError, UnsupportedFormatError
+
+__all__ = ["DicomPolicy", "ImageReadError", "UnsupportedFormatError", "decode_grayscale", "read_grayscale"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _CHANNEL_CONVERSIONS = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}
@@ -25,23 +27,6 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 # markers without a length field: TEM, RSTn, SOI, EOI
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xDA)}
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel (3: palette)
-
-
-class ImageReadError(ValueError):
-    """An image that cannot become a grayscale uint8 array; names the file so bad data is easy to find."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"Cannot read image {self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        """Keep the two-argument constructor picklable, so errors survive DataLoader worker processes."""
-        return type(self), (self.path, self.reason)
-
-
-class UnsupportedFormatError(ImageReadError):
-    """Bytes that are none of the formats this project reads (PNG, JPEG, DICOM), judged by magic bytes."""
 
 
 @dataclass(frozen=True)
@@ -161,14 +146,14 @@ def _dicom_header(data: bytes, source: str) -> ImageHeader:
     return header
 
 
-def decode_grayscale(data: bytes, source: str = "upload") -> np.ndarray:
+def decode_grayscale(data: bytes, source: str = "upload", dicom: DicomPolicy = DEFAULT_POLICY) -> np.ndarray:
     """Decode PNG, JPEG or DICOM bytes into HxW uint8 with the conversions `read_grayscale` applies."""
     if _require_format(data, source) == "dicom":
-        return _read_dicom(io.BytesIO(data), source)
+        return _read_dicom(io.BytesIO(data), source, dicom)
     return _decode_raster(np.frombuffer(data, dtype=np.uint8), source)
 
 
-def read_grayscale(path: str | os.PathLike) -> np.ndarray:
+def read_grayscale(path: str | os.PathLike, dicom: DicomPolicy = DEFAULT_POLICY) -> np.ndarray:
     """Decode an image or DICOM file into HxW uint8; raise ImageReadError with the reason otherwise."""
     path = Path(path)
     if not path.exists():
@@ -178,7 +163,7 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "is empty (0 bytes)")
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return _read_dicom(path, path)
+        return _read_dicom(path, path, dicom)
     return _decode_raster(np.fromfile(path, dtype=np.uint8), path)
 
 
@@ -221,40 +206,9 @@ def _to_single_channel(image: np.ndarray, path: str | os.PathLike, rgb: bool) ->
     return cv2.cvtColor(np.ascontiguousarray(image), _CHANNEL_CONVERSIONS[image.shape[2]])
 
 
-def _read_dicom(file: str | os.PathLike | BinaryIO, path: str | os.PathLike) -> np.ndarray:
-    """Apply rescale slope/intercept, map the stored bit range to 0..1 and invert MONOCHROME1.
-
-    `file` is a path or a file-like (an upload), so files and uploads share this one DICOM path; `path` names
-    the source in errors.
-    """
-    import pydicom  # deferred: only DICOM users pay for the import
-
-    try:
-        dataset = pydicom.dcmread(file)
-        pixels = np.asarray(dataset.pixel_array)
-    except Exception as error:
-        raise ImageReadError(path, f"cannot be decoded ({type(error).__name__}: {error})") from error
-    samples = int(dataset.get("SamplesPerPixel", 1))
-    if pixels.ndim == (3 if samples > 1 else 2) + 1:
-        pixels = pixels[0]  # multi-frame: the first frame is the radiograph
-    if samples > 1:
-        return to_gray_uint8(pixels, path, rgb=True)
-    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-    low, high = _stored_range(dataset)
-    low, high = sorted((low * slope + intercept, high * slope + intercept))
-    values = pixels.astype(np.float64) * slope + intercept
-    if values.min() < low or values.max() > high:
-        raise ImageReadError(path, f"values outside the stored bit range [{low:g}, {high:g}]")
-    scaled = (values - low) / (high - low)
-    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return _to_uint8(scaled, path)
-
-
-def _stored_range(dataset: Dataset) -> tuple[float, float]:
-    """The representable pixel range from BitsStored and PixelRepresentation (signed or unsigned)."""
-    bits = int(dataset.get("BitsStored", 8))
-    if int(dataset.get("PixelRepresentation", 0)) == 1:
-        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    return 0.0, 2.0**bits - 1
+def _read_dicom(
+    file: str | os.PathLike | BinaryIO, path: str | os.PathLike, policy: DicomPolicy
+) -> np.ndarray:
+    """The DICOM reader's 0..1 grey (or colour) image as HxW uint8; see dicom.py for the display pipeline."""
+    image = read_dicom(file, path, policy)
+    return to_gray_uint8(image, path, rgb=True) if image.ndim == 3 else _to_uint8(image, path)

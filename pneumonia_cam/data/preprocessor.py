@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pneumonia_cam.data.image_io import read_grayscale
+from pneumonia_cam.data.dicom import DEFAULT_POLICY, DicomPolicy
+from pneumonia_cam.data.image_io import decode_grayscale, read_grayscale
 from pneumonia_cam.utils.run_config import load_run_config
 
 ImageInput = str | os.PathLike | np.ndarray
@@ -36,16 +37,24 @@ class PreparedImage:
 class ImagePreprocessor:
     """Read (OpenCV/DICOM) and apply the data module's eval transform; one definition, shared everywhere."""
 
-    def __init__(
-        self, transform: Callable, reader: Callable[[ImageInput], np.ndarray] = read_grayscale
-    ) -> None:
+    def __init__(self, transform: Callable, dicom: DicomPolicy = DEFAULT_POLICY) -> None:
         self.transform = transform
-        self.reader = reader
+        self.dicom = dicom
 
     @classmethod
     def from_data_config(cls, data_cfg: DictConfig) -> "ImagePreprocessor":
-        """Build the eval transform declared in a data config (e.g. the one stored in a checkpoint)."""
-        return cls(hydra.utils.instantiate(data_cfg.transforms).eval)
+        """The eval transform and DICOM policy declared in a data config (e.g. the one in a checkpoint)."""
+        return cls(
+            hydra.utils.instantiate(data_cfg.transforms).eval, DicomPolicy.from_config(data_cfg.get("dicom"))
+        )
+
+    def read(self, path: str | os.PathLike) -> np.ndarray:
+        """A file as HxW uint8, DICOM through the training run's policy."""
+        return read_grayscale(path, self.dicom)
+
+    def decode(self, data: bytes, source: str) -> np.ndarray:
+        """Encoded bytes (an upload) as HxW uint8, with the same conversions as `read`."""
+        return decode_grayscale(data, source, self.dicom)
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str | os.PathLike) -> "ImagePreprocessor":
@@ -54,7 +63,7 @@ class ImagePreprocessor:
 
     def prepare(self, image: ImageInput) -> PreparedImage:
         """Read a path (or take an HxW uint8 array) and transform it, keeping the original."""
-        original = image if isinstance(image, np.ndarray) else self.reader(image)
+        original = image if isinstance(image, np.ndarray) else self.read(image)
         if original.ndim != 2 or original.dtype != np.uint8:
             raise ValueError(
                 f"Expected an HxW uint8 grey image, got shape {original.shape} and {original.dtype}"

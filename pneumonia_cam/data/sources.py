@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pneumonia_cam.data.dicom import DEFAULT_POLICY, DicomPolicy
 from pneumonia_cam.data.image_io import ImageReadError, read_grayscale, to_gray_uint8
 from pneumonia_cam.data.splits import SPLITS, patient_id_from_filename
 
@@ -28,6 +29,8 @@ Record = tuple[str, int, str, str]
 class ImageSource(ABC):
     """A data set as a records table plus a reader, so the data module never cares about storage."""
 
+    dicom: DicomPolicy = DEFAULT_POLICY  # how DICOM values become grey levels; the data module sets it
+
     def __init__(self, data_dir: str | os.PathLike) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
 
@@ -40,7 +43,7 @@ class ImageSource(ABC):
 
     def read(self, path: str) -> np.ndarray:
         """Decode one record's image as HxW uint8."""
-        return read_grayscale(path)
+        return read_grayscale(path, self.dicom)
 
 
 def make_records(rows: Iterable[Record]) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from pneumonia_cam.data.image_io import (
     ImageHeader,
     ImageReadError,
     UnsupportedFormatError,
-    decode_grayscale,
     read_header,
 )
 from pneumonia_cam.data.preprocessor import PreparedImage
@@ -111,7 +110,7 @@ class InferenceEngine:
         try:
             header = read_header(data, SOURCE)
             check_header(header, self.limits)
-            prepared = self.model.prepare(decode_grayscale(data, SOURCE))
+            prepared = self.model.prepare(self.model.preprocessor.decode(data, SOURCE))
         except UnsupportedFormatError as error:
             raise InputError(415, error.reason) from error
         except ImageReadError as error:
