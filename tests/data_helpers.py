@@ -8,7 +8,10 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import numpy as np
+import pydicom
 from albumentations.pytorch import ToTensorV2
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumonia_cam.data.datamodule import ChestXrayDataModule
 from pneumonia_cam.data.sources import FolderSource
@@ -62,3 +65,32 @@ def folder_datamodule(data_dir: Path, **options) -> ChestXrayDataModule:
         source=FolderSource, transforms=small_transforms(), image_size=16, batch_size=8, num_workers=0, seed=7
     )
     return ChestXrayDataModule(str(data_dir), **{**settings, **options})
+
+
+def dicom_object(sop_class: str, modality: str) -> pydicom.Dataset:
+    """An uncompressed DICOM object of one SOP class, with no content yet."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.Modality = modality
+    return ds
+
+
+def make_dicom(path: Path, pixels: np.ndarray, bits: int = 12, signed: bool = False, **attributes) -> Path:
+    """A one-frame CR image with `pixels` stored in 16 bits; `attributes` are set on the dataset."""
+    ds = dicom_object("1.2.840.10008.5.1.4.1.1.1", "CR")  # CR image storage
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -6,15 +6,13 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
+from data_helpers import dicom_object, make_dicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
 from pneumonia_cam.data.dicom import DicomPolicy, read_dicom
@@ -26,34 +24,6 @@ TWELVE_BIT = np.array([[0, 1000, 1048, 1500, 2000], [2047, 2500, 3000, 3047, 409
 RADIOGRAPH = np.add.outer(np.arange(64), np.arange(64)) * 30 + np.random.default_rng(1).integers(
     0, 200, (64, 64)
 )
-
-
-def dicom_object(sop_class: str, modality: str) -> pydicom.Dataset:
-    """An uncompressed DICOM object of one SOP class, with no content yet."""
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.Modality = modality
-    return ds
-
-
-def make_dicom(path: Path, pixels: np.ndarray, bits: int = 12, signed: bool = False, **attributes) -> Path:
-    """A one-frame CR image with `pixels` stored in 16 bits; `attributes` are set on the dataset."""
-    ds = dicom_object("1.2.840.10008.5.1.4.1.1.1", "CR")  # CR image storage
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-    ds.PixelRepresentation = int(signed)
-    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def as_uint8(values: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from pneumonia_cam.data.folds import assign_folds
 from pneumonia_cam.data.image_cache import ImageCache, ImageCacheConfig
 from pneumonia_cam.data.image_io import ImageReadError
 from pneumonia_cam.data.sampling import EpochSampler
-from pneumonia_cam.data.sources import RECORD_COLUMNS, ImageSource
+from pneumonia_cam.data.sources import OPTIONAL_COLUMNS, RECORD_COLUMNS, ImageSource
 from pneumonia_cam.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
 from pneumonia_cam.data.transforms import XrayTransforms
 
@@ -130,6 +130,10 @@ class ChestXrayDataModule(LightningDataModule):
         if self.records is not None:
             return
         records = self._validated_records(self.source.records())
+        excluded = self.source.excluded
+        if excluded:
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(excluded.items()))
+            log.info("%s left out %d rows: %s", type(self.source).__name__, excluded.total(), reasons)
         bad = self._find_bad_images(records) if self.hparams.check_images else {}
         good = records[~records["path"].isin(bad)]
         split = self._split(good).assign(status="ok")
@@ -295,7 +299,8 @@ class ChestXrayDataModule(LightningDataModule):
         duplicated = records["path"][records["path"].duplicated()].tolist()
         if duplicated:
             raise ValueError(f"{len(duplicated)} image path(s) listed twice, e.g. {duplicated[:3]}")
-        return records.loc[:, list(RECORD_COLUMNS)].reset_index(drop=True)
+        columns = [*RECORD_COLUMNS, *(column for column in OPTIONAL_COLUMNS if column in records)]
+        return records.loc[:, columns].reset_index(drop=True)
 
     def _find_bad_images(self, records: pd.DataFrame) -> dict[str, str]:
         """Decode every image once (threads: decoding releases the GIL); return {path: reason} of failures."""

@@ -213,3 +213,19 @@ def _inverted(dataset: Dataset) -> bool:
     """MONOCHROME1 (high values are dark) or an INVERSE presentation LUT: flip after the VOI."""
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     return photometric == "MONOCHROME1" or str(dataset.get("PresentationLUTShape", "")).upper() == "INVERSE"
+
+
+def header_fields(path: str | os.PathLike) -> dict[str, str]:
+    """The only header values a record takes from a DICOM: PatientID (to group splits) and ViewPosition
+    (PA/AP/LL, to filter on). Names, dates and other identifiers never leave the reader."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "ViewPosition"])
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as error:
+        reason = f"has no readable DICOM header ({type(error).__name__}: {error})"
+        raise ImageReadError(path, reason) from error
+    return {
+        "patient_id": str(dataset.get("PatientID", "") or ""),
+        "view": str(dataset.get("ViewPosition", "") or "").strip().upper(),
+    }

@@ -8,7 +8,8 @@ import socket
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,9 @@ from pneumonia_cam.data.image_io import ImageReadError, read_grayscale, to_gray_
 from pneumonia_cam.data.splits import SPLITS, patient_id_from_filename
 
 RECORD_COLUMNS = ("path", "label", "patient_id", "split")
+# kept when a source gives them: the view position (a data config can filter on it) and radiologists' boxes
+# as JSON [[x, y, width, height], ...] in the original image's pixels (CAM localisation in eval.py)
+OPTIONAL_COLUMNS = ("view", "boxes")
 DEFAULT_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -33,6 +37,8 @@ class ImageSource(ABC):
 
     def __init__(self, data_dir: str | os.PathLike) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
+        # rows of the source's own listing that records() left out, by reason; the data module logs them
+        self.excluded: Counter[str] = Counter()
 
     def prepare(self) -> None:  # noqa: B027 (optional hook: most sources have nothing to fetch)
         """Download or generate the data; called once, on rank 0, from `prepare_data`."""
@@ -326,3 +332,41 @@ def synthetic_image(
         image += 110.0 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * (radius / 2.15) ** 2))
         blob = (cx, cy, radius)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), blob
+
+
+class MixedSource(ImageSource):
+    """Several sources as one data set (the reference study: RSNA + the COVID-19 collection).
+
+    `sources` maps a name to a partial source (called with its folder and `class_names`) and `data_dirs` the
+    name to its folder (relative to data_dir, or absolute). Patient ids are prefixed with the name, so two
+    sources' ids never merge into one patient.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        sources: Mapping[str, Callable[..., ImageSource]],
+        data_dirs: Mapping[str, str],
+        class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    ) -> None:
+        super().__init__(data_dir)
+        missing = sorted(set(sources) - set(data_dirs))
+        if missing:
+            raise ValueError(f"MixedSource: no data_dirs entry for source(s) {missing}")
+        self.sources = {
+            name: make(str(self.data_dir / data_dirs[name]), class_names=class_names)
+            for name, make in sources.items()
+        }
+
+    def prepare(self) -> None:
+        for source in self.sources.values():
+            source.prepare()
+
+    def records(self) -> pd.DataFrame:
+        """Every source's records, in the order given, with a `source` prefix on patient ids."""
+        tables = []
+        for name, source in self.sources.items():
+            table = source.records()
+            tables.append(table.assign(patient_id=name + ":" + table["patient_id"].astype(str)))
+            self.excluded.update({f"{name}: {reason}": count for reason, count in source.excluded.items()})
+        return pd.concat(tables, ignore_index=True)
