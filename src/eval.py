@@ -10,13 +10,17 @@ from typing import Any  # noqa: E402
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from lightning import LightningDataModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
+from pneumonia_cam.data.image_io import read_header  # noqa: E402
 from pneumonia_cam.evaluation import pipeline  # noqa: E402
 from pneumonia_cam.evaluation.operating_point import json_ready, save_operating_point  # noqa: E402
 from pneumonia_cam.evaluation.publish import publish  # noqa: E402
+from pneumonia_cam.inference.localisation import cam_localisation  # noqa: E402
 from pneumonia_cam.inference.model import InferenceModel, PredictionModule  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
 from pneumonia_cam.utils.logging_utils import link_checkpoints  # noqa: E402
@@ -104,6 +108,42 @@ def save_sidecar(cfg: DictConfig, point: dict[str, Any], split_hash: str, member
         log.info(f"Operating point saved to {sidecar} (predict.py, the server and later evals reuse it)")
 
 
+def localise(
+    cfg: DictConfig, model: InferenceModel, datamodule: LightningDataModule, out_dir: Path
+) -> dict[str, Any] | None:
+    """CAM localisation when the test split carries boxes (RSNA) and localisation.enabled; else None."""
+    if not cfg.localisation.enabled or "boxes" not in datamodule.data_test.records:
+        return None
+    labels = pipeline.label_map(datamodule.class_names, model.class_names)
+    test, train = (
+        split.records.assign(label=labels[split.records["label"].to_numpy(dtype=np.int64)])
+        for split in (datamodule.data_test, datamodule.data_train)
+    )
+    settings = {
+        **cfg.localisation,
+        **{key: cfg.bootstrap[key] for key in ("n_resamples", "confidence", "seed")},
+    }
+    result = cam_localisation(model, test, train, image_sizes(datamodule, train["path"]), settings, out_dir)
+    if result is not None:
+        cam, prior = result["cam"], result["baseline"]
+        log.info(
+            f"CAM localisation on {result['images']} boxed positives: pointing game "
+            f"{cam['pointing_game']['value']:.3f} (prior {prior['pointing_game']['value']:.3f}), IoU "
+            f"{cam['iou']['value']:.3f} (prior {prior['iou']['value']:.3f})"
+        )
+    return result
+
+
+def image_sizes(datamodule: LightningDataModule, paths: pd.Series) -> dict[str, tuple[int, int]]:
+    """(height, width) of each image: from the data module's scan when it ran, else from the file header."""
+    facts = datamodule.image_facts
+    if facts is not None:
+        known = facts.set_index("path")
+        return {path: (int(known.at[path, "height"]), int(known.at[path, "width"])) for path in paths}
+    headers = {path: read_header(Path(path).read_bytes(), path) for path in paths}
+    return {path: (header.height, header.width) for path, header in headers.items()}
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Predict test and val once each, choose the operating point on val, report test metrics with CIs.
@@ -151,6 +191,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "confidence": cfg.bootstrap.confidence,
         "n_resamples": cfg.bootstrap.n_resamples,
     }
+    localisation = localise(cfg, model, datamodule, out_dir)
+    if localisation is not None:
+        summary["localisation"] = localisation
     plots = pipeline.write_plots(table, point["threshold"], class_names, out_dir)
     report = pipeline.write_report(summary, plots, out_dir)
     metrics_path = out_dir / cfg.metrics_file

@@ -26,6 +26,18 @@ def test_recovers_overconfidence_factor() -> None:
     assert nll(overconfident, y, temperature) < nll(overconfident, y)
 
 
+def test_perfectly_separated_validation_keeps_t_one(caplog) -> None:
+    """Every true class on top: the NLL has no minimum above T = 0, so T stays 1 (and says why)."""
+    logits = np.array([[2.0, -1.0], [0.1, 0.3], [-3.0, 4.0], [1.0, 0.5]])
+    y = np.array([0, 1, 1, 0])
+    assert nll(logits, y, 0.01) < nll(logits, y, 0.1) < nll(logits, y)  # by hand: falls towards T -> 0
+    with caplog.at_level("WARNING"):
+        assert fit_temperature(logits, y) == 1.0
+    assert "perfectly separated" in caplog.text
+    one_wrong = np.array([[2.0, -1.0], [0.1, 0.3], [-3.0, 4.0], [0.5, 1.0]])
+    assert fit_temperature(one_wrong, y) > 1.0  # one confident mistake: soften
+
+
 def test_calibrated_logits_keep_t_near_one() -> None:
     """Already calibrated logits need no rescaling."""
     logits, y = calibrated_logits(20000, 1)

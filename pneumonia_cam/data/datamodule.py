@@ -11,7 +11,6 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
+from pneumonia_cam.data.checks import (
+    DUPLICATE_POLICIES,
+    HASH_SIDE,
+    cross_split_duplicates,
+    scan_cache_file,
+    scan_images,
+)
 from pneumonia_cam.data.dataset import XrayDataset
 from pneumonia_cam.data.dicom import DicomPolicy
 from pneumonia_cam.data.disk_cache import ONE_PROCESS, Ranks
@@ -37,7 +43,6 @@ from pneumonia_cam.data.feature_cache import (
 )
 from pneumonia_cam.data.folds import assign_folds
 from pneumonia_cam.data.image_cache import ImageCache, ImageCacheConfig
-from pneumonia_cam.data.image_io import ImageReadError
 from pneumonia_cam.data.sampling import EpochSampler
 from pneumonia_cam.data.sources import OPTIONAL_COLUMNS, RECORD_COLUMNS, ImageSource
 from pneumonia_cam.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
@@ -69,6 +74,9 @@ class ChestXrayDataModule(LightningDataModule):
         persistent_workers: bool = False,
         on_bad_image: str = "error",
         check_images: bool = True,
+        scan_cache: str | None = None,
+        duplicates: str = "warn",
+        duplicate_distance: int = 10,
         output_dir: str | None = None,
         folds: int | None = None,
         fold: int = 0,
@@ -88,6 +96,8 @@ class ChestXrayDataModule(LightningDataModule):
         dicom = asdict(DicomPolicy.from_config(dicom))
         _check_choice("balance", balance, BALANCE_MODES)
         _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
+        _check_choice("duplicates", duplicates, DUPLICATE_POLICIES)
+        scan_cache = None if scan_cache is None else str(scan_cache)
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
             raise ValueError(f"cross-validation needs folds >= 2 and 0 <= fold < folds, got {folds=} {fold=}")
         if batch_augment is not None and feature_cache["enabled"]:
@@ -117,6 +127,7 @@ class ChestXrayDataModule(LightningDataModule):
         self._features: dict[str, FeatureDataset] = {}
         self.batch_augment = batch_augment
         self.batch_stage: BatchStage | None = None
+        self.image_facts: pd.DataFrame | None = None  # the image scan: problem, size, bits, dHash per path
         self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored mid-epoch checkpoint
 
     def prepare_data(self) -> None:
@@ -134,9 +145,12 @@ class ChestXrayDataModule(LightningDataModule):
         if excluded:
             reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(excluded.items()))
             log.info("%s left out %d rows: %s", type(self.source).__name__, excluded.total(), reasons)
-        bad = self._find_bad_images(records) if self.hparams.check_images else {}
+        self.image_facts = self._scan(records) if self.hparams.check_images else None
+        bad = {} if self.image_facts is None else self._bad_images(self.image_facts)
         good = records[~records["path"].isin(bad)]
         split = self._split(good).assign(status="ok")
+        if self.image_facts is not None and self.hparams.duplicates != "off":
+            self._check_duplicates(split)
         skipped = records[records["path"].isin(bad)].assign(status=lambda df: df["path"].map(bad))
         self.records = pd.concat([split, skipped], ignore_index=True)
         self._write_split()
@@ -302,32 +316,47 @@ class ChestXrayDataModule(LightningDataModule):
         columns = [*RECORD_COLUMNS, *(column for column in OPTIONAL_COLUMNS if column in records)]
         return records.loc[:, columns].reset_index(drop=True)
 
-    def _find_bad_images(self, records: pd.DataFrame) -> dict[str, str]:
-        """Decode every image once (threads: decoding releases the GIL); return {path: reason} of failures."""
-        with ThreadPoolExecutor(max_workers=max(2, self.hparams.num_workers)) as pool:
-            reasons = dict(zip(records["path"], pool.map(self._read_problem, records["path"]), strict=True))
-        bad = {path: reason for path, reason in reasons.items() if reason is not None}
+    def _scan(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Decode every image once (or reuse the scan cache): problem, size, bit depth, dHash per path."""
+        cache = self.hparams.scan_cache
+        source = type(self.source).__name__, str(self.source.data_dir), asdict(self.source.dicom)
+        cache_file = None if cache is None else scan_cache_file(cache, *source)
+        threads = max(2, self.hparams.num_workers)
+        return scan_images(records["path"].tolist(), self.source.read, cache_file, threads)
+
+    def _bad_images(self, facts: pd.DataFrame) -> dict[str, str]:
+        """{path: reason} of the images that do not decode, refused or skipped as data.on_bad_image says."""
+        failed = facts[facts["problem"].notna()]
+        bad = dict(zip(failed["path"], failed["problem"], strict=True))
         if bad and self.hparams.on_bad_image == "error":
             listing = "\n".join(f"  {path}: {reason}" for path, reason in bad.items())
             raise ValueError(
-                f"{len(bad)} of {len(records)} images cannot be read (data.on_bad_image=skip drops them):\n"
+                f"{len(bad)} of {len(facts)} images cannot be read (data.on_bad_image=skip drops them):\n"
                 f"{listing}"
             )
         if bad:
             log.warning(
-                "Skipping %d of %d unreadable images (listed in %s)", len(bad), len(records), SPLIT_FILENAME
+                "Skipping %d of %d unreadable images (listed in %s)", len(bad), len(facts), SPLIT_FILENAME
             )
         return bad
 
-    def _read_problem(self, path: str) -> str | None:
-        """None when the image decodes, else why it does not."""
-        try:
-            self.source.read(path)
-        except ImageReadError as error:
-            return error.reason
-        except Exception as error:
-            return f"{type(error).__name__}: {error}"
-        return None
+    def _check_duplicates(self, split: pd.DataFrame) -> None:
+        """Near-identical images in two splits leak: warn with the pairs, or (duplicates=error) refuse."""
+        pairs = cross_split_duplicates(split, self.image_facts, self.hparams.duplicate_distance)
+        if pairs.empty:
+            return
+        listing = "\n".join(
+            f"  {row.path_a} ({row.split_a}) ~ {row.path_b} ({row.split_b}): {row.distance} bits"
+            for row in pairs.head(20).itertuples()
+        )
+        message = (
+            f"{len(pairs)} near-duplicate image pair(s) across splits (dHash within "
+            f"{self.hparams.duplicate_distance} of {HASH_SIDE * HASH_SIDE} bits; data.duplicates=error "
+            f"refuses, off skips; src/inspect_data.py lists them all):\n{listing}"
+        )
+        if self.hparams.duplicates == "error":
+            raise ValueError(message)
+        log.warning(message)
 
     def _split(self, records: pd.DataFrame) -> pd.DataFrame:
         """Use the source's split when it has one (carving out a missing val/test), else assign one."""

@@ -40,6 +40,7 @@ class ImageHeader:
     transfer_syntax: str | None = None  # DICOM transfer syntax UID
     transfer_syntax_name: str | None = None
     samples_per_pixel: int = 1
+    bits: int = 8  # bits per sample as stored (PNG bit depth, JPEG precision, DICOM BitsStored)
     has_pixel_data: bool = True
     frames: int = 1
 
@@ -89,7 +90,7 @@ def _png_header(data: bytes, source: str) -> ImageHeader:
         raise ImageReadError(source, "truncated PNG: no IHDR chunk")
     width, height = struct.unpack(">II", data[16:24])
     channels = _PNG_CHANNELS.get(data[25], 1) if len(data) > 25 else 1
-    return ImageHeader("png", width, height, samples_per_pixel=channels)
+    return ImageHeader("png", width, height, samples_per_pixel=channels, bits=data[24])
 
 
 def _jpeg_header(data: bytes, source: str) -> ImageHeader:
@@ -110,7 +111,9 @@ def _jpeg_header(data: bytes, source: str) -> ImageHeader:
             if position + 10 > len(data):
                 break
             height, width = struct.unpack(">HH", data[position + 5 : position + 9])
-            return ImageHeader("jpeg", width, height, samples_per_pixel=data[position + 9])
+            return ImageHeader(
+                "jpeg", width, height, samples_per_pixel=data[position + 9], bits=data[position + 4]
+            )
         if marker == 0xDA:  # start of scan before any frame header
             break
         position += 2 + length
@@ -134,6 +137,7 @@ def _dicom_header(data: bytes, source: str) -> ImageHeader:
             transfer_syntax=str(syntax) if syntax else None,
             transfer_syntax_name=syntax.name if syntax else None,
             samples_per_pixel=int(dataset.get("SamplesPerPixel", 1) or 1),
+            bits=int(dataset.get("BitsStored", 8) or 8),
             has_pixel_data="PixelData" in dataset,
             frames=int(dataset.get("NumberOfFrames", 1) or 1),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -286,9 +287,16 @@ class SyntheticSource(FolderSource):
             shutil.rmtree(staging, ignore_errors=True)
 
     def records(self) -> pd.DataFrame:
-        """Generate if needed (cheap and deterministic), then scan like a class-folder set."""
+        """Generate if needed (cheap and deterministic), then scan like a class-folder set; each blob's
+        bounding square is the image's box (what eval's CAM localisation scores against)."""
         self.prepare()
-        return super().records()
+        records = super().records()
+        blobs = self.blobs().set_index("path")
+        boxes = {
+            path: json.dumps([[row.cx - row.radius, row.cy - row.radius, 2 * row.radius, 2 * row.radius]])
+            for path, row in blobs.iterrows()
+        }
+        return records.assign(boxes=records["path"].map(boxes).fillna("[]"))
 
     def blobs(self) -> pd.DataFrame:
         """Absolute image path, blob centre (cx, cy) and radius in pixels for every PNEUMONIA image."""

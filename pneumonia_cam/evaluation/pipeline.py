@@ -172,6 +172,31 @@ def write_plots(table: pd.DataFrame, threshold: float, class_names: list[str], o
     ]
 
 
+def _localisation_lines(result: dict[str, Any] | None) -> list[str]:
+    """The report's localisation section: CAM vs the box prior, with CIs, and the overlay figure."""
+    if result is None:
+        return []
+
+    def cell(score: dict[str, float]) -> str:
+        return f"{score['value']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
+
+    return [
+        "## CAM localisation",
+        "",
+        f"{result['images']} positive test images with boxes; {result['method']} region = CAM >= "
+        f"{result['cam_threshold']:g} x max.",
+        "",
+        "| heat map | pointing game | IoU |",
+        "|---|---|---|",
+        f"| model CAM | {cell(result['cam']['pointing_game'])} | {cell(result['cam']['iou'])} |",
+        f"| prior (mean training box) | {cell(result['baseline']['pointing_game'])} | "
+        f"{cell(result['baseline']['iou'])} |",
+        "",
+        f"![localisation]({Path(result['figure']).name})",
+        "",
+    ]
+
+
 def write_report(summary: dict[str, Any], plots: list[Path], out_dir: Path) -> Path:
     """One Markdown page: provenance, operating point, metrics table with CIs, calibration, plots."""
     point, calibration = summary["operating_point"], summary["calibration"]
@@ -196,6 +221,7 @@ def write_report(summary: dict[str, Any], plots: list[Path], out_dir: Path) -> P
         f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}, "
         f"NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}",
         "",
+        *_localisation_lines(summary.get("localisation")),
         "## Plots",
         "",
         *(f"![{path.stem}]({path.name})" for path in plots),

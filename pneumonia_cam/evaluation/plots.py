@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from pneumonia_cam.evaluation.calibration import reliability_bins
 from pneumonia_cam.evaluation.metrics import (
@@ -164,3 +165,22 @@ def plot_training_curves(metrics_csv_path: str | Path, monitor: str, path: str |
     for ax, metric_name in zip(axes[0], names, strict=True):
         draw_stage_curves(ax, metrics, metric_name)
     return save(fig, path)
+
+
+def localisation_figure(
+    images: Sequence[tuple[np.ndarray, np.ndarray, Sequence[Sequence[float]], str]], path: Path
+) -> Path:
+    """Each (grey original, [0, 1] CAM at its size, boxes [x, y, w, h], title): CAM over the image, boxes in
+    green, so where the model looked and where radiologists drew are seen together."""
+    figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.4), squeeze=False)
+    for axis, (original, heat, boxes, title) in zip(axes[0], images, strict=True):
+        axis.imshow(original, cmap="gray")
+        axis.imshow(heat, cmap="jet", alpha=0.35, vmin=0.0, vmax=1.0)
+        for x, y, w, h in boxes:
+            axis.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
+        axis.set_title(title[:18], fontsize=8)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
