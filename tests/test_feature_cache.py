@@ -18,6 +18,7 @@ from pneumonia_cam.data.feature_cache import FeatureCache, FeatureCacheConfig
 from pneumonia_cam.data.image_cache import ImageCache
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.classifier import PneumoniaClassifier
+from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 
 SIZE = 32
@@ -77,7 +78,8 @@ def dataset(records: pd.DataFrame, transform: A.Compose = EVAL) -> XrayDataset:
 
 def feature_cache(tmp_path: Path, net: ChestXrayNet) -> FeatureCache:
     """An fp32 cache in this test's folder."""
-    return FeatureCache(FeatureCacheConfig(enabled=True, dir=str(tmp_path / "cache"), precision="fp32"), net)
+    config = FeatureCacheConfig(enabled=True, dir=str(tmp_path / "cache"), precision="fp32")
+    return FeatureCache(config, backbone_encoder(net, config.precision))
 
 
 def test_cached_and_plain_training_give_the_same_head(cfg_train, tmp_path):

@@ -14,7 +14,7 @@ from helpers import SHARED_DATA
 from pneumonia_cam.data.covid_collection import CovidCollectionSource
 from pneumonia_cam.data.datamodule import ChestXrayDataModule
 from pneumonia_cam.data.rsna import NOT_NORMAL, RSNASource
-from pneumonia_cam.data.sources import MixedSource
+from pneumonia_cam.data.sources import FolderSource, ManifestSource, MixedSource, filter_views
 
 RSNA_LABELS = SHARED_DATA / "rsna_labels"
 COVID = SHARED_DATA / "covid_collection_subset"
@@ -103,9 +103,10 @@ def test_rsna_records_labels_boxes_views_and_counted_exclusions(tmp_path):
         negative.set_index("patient_id").loc[[p for p in views if classes[p] == NOT_NORMAL], "label"] == 0
     ).all()
 
-    pa_only = rsna_source(tmp_path, views=["pa"])
-    assert set(pa_only.records()["view"]) == {"PA"}
-    assert pa_only.excluded["view AP (data.source.views=['PA'])"] == sum(views[p] == "AP" for p in kept)
+    pa_source = rsna_source(tmp_path)
+    pa_only = filter_views(pa_source.records(), ["pa"], pa_source)
+    assert set(pa_only["view"]) == {"PA"}
+    assert pa_source.excluded["view AP (data.views=['PA'])"] == sum(views[p] == "AP" for p in kept)
 
 
 def test_rsna_contradictions_fail_and_unclassified_patients_follow_the_policy(tmp_path):
@@ -190,3 +191,28 @@ def test_reference_mix_balances_and_splits_by_patient(tmp_path, caplog):
     train = dm.data_train.records["label"].value_counts()
     assert train[0] == train[1]
     assert "MixedSource left out" in caplog.text and "covid: view L: 2" in caplog.text
+
+
+def test_dicom_files_give_patient_and_view_from_their_header_only(tmp_path):
+    """Folder DICOMs: PatientID groups, ViewPosition is a column; a manifest's own patient id wins."""
+    for name, patient, view in (
+        ("NORMAL/a.dcm", "P1", "PA"),
+        ("NORMAL/b.dcm", "P1", "AP"),
+        ("PNEUMONIA/c.dcm", "P2", "LL"),
+    ):
+        make_dicom(
+            tmp_path / name, np.zeros((4, 4)), PatientID=patient, ViewPosition=view, PatientName="Doe^Jane"
+        )
+    records = FolderSource(tmp_path).records()
+    assert records[["patient_id", "view"]].values.tolist() == [["P1", "PA"], ["P1", "AP"], ["P2", "LL"]]
+    assert set(records.columns) == {"path", "label", "patient_id", "split", "view"}  # no name, no date
+    (tmp_path / "m.csv").write_text(
+        "path,label,patient_id\nNORMAL/a.dcm,NORMAL,given\nNORMAL/b.dcm,NORMAL,\n"
+    )
+    manifest = ManifestSource(tmp_path, csv="m.csv").records()
+    assert manifest["patient_id"].tolist() == ["given", "P1"]
+    source = FolderSource(tmp_path)
+    assert filter_views(source.records(), ["PA", "AP"], source)["view"].tolist() == ["PA", "AP"]
+    assert dict(source.excluded) == {"view LL (data.views=['AP', 'PA'])": 1}
+    with pytest.raises(ValueError, match="needs view positions, which FolderSource does not give"):
+        filter_views(FolderSource(tmp_path).records().drop(columns="view"), ["PA"], FolderSource(tmp_path))

@@ -22,6 +22,7 @@ from pneumonia_cam.data.dataset import XrayDataset
 from pneumonia_cam.data.disk_cache import ONE_PROCESS, Ranks, load_or_build
 from pneumonia_cam.data.feature_cache import FeatureCache, FeatureCacheConfig, View, _SeededView
 from pneumonia_cam.data.image_cache import ImageCache
+from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 
 SIZE = 32
@@ -50,7 +51,7 @@ def build_caches(root: Path, ranks: Ranks) -> list[int]:
     calls = [0]
     net.features.register_forward_hook(lambda _m, inputs, _o: calls.__setitem__(0, calls[0] + len(inputs[0])))
     config = FeatureCacheConfig(enabled=True, dir=str(root / "features"), precision="fp32", batch_size=BATCH)
-    cache = FeatureCache(config, net, ranks=ranks)
+    cache = FeatureCache(config, backbone_encoder(net, config.precision), ranks=ranks)
     records = json.loads((root.parent / "records.json").read_text())
     for name, views in SPLITS.items():
         dataset = XrayDataset(pd.DataFrame(records), read_grey, views[0][0])
@@ -164,7 +165,7 @@ def test_world_size_one_writes_todays_files(caches, monkeypatch):
     config = FeatureCacheConfig(
         enabled=True, dir=str(single / "features"), precision="fp32", batch_size=BATCH
     )
-    cache = FeatureCache(config, net)  # the same batches as the cache's, so the same bits
+    cache = FeatureCache(config, backbone_encoder(net, config.precision))  # same batches as the cache's
     records = json.loads((single.parent / "records.json").read_text())
     dataset = XrayDataset(pd.DataFrame(records), read_grey, EVAL)
     stored = np.load(single / "features" / f"{cache.key(dataset, SPLITS['val'])}.npy")

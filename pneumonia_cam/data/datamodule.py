@@ -23,6 +23,13 @@ from lightning import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
+from pneumonia_cam.data.balance import (
+    BALANCE_MODES,
+    class_counts,
+    loss_weights,
+    sampling_weights,
+    undersample,
+)
 from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
 from pneumonia_cam.data.checks import (
     DUPLICATE_POLICIES,
@@ -38,19 +45,17 @@ from pneumonia_cam.data.feature_cache import (
     FeatureCache,
     FeatureCacheConfig,
     FeatureDataset,
+    FeatureEncoder,
     View,
-    require_frozen_backbone,
 )
-from pneumonia_cam.data.folds import assign_folds
 from pneumonia_cam.data.image_cache import ImageCache, ImageCacheConfig
 from pneumonia_cam.data.sampling import EpochSampler
-from pneumonia_cam.data.sources import OPTIONAL_COLUMNS, RECORD_COLUMNS, ImageSource
-from pneumonia_cam.data.splits import SPLITS, assign_splits, carve_split, split_csv_bytes, write_split_csv
+from pneumonia_cam.data.sources import ImageSource, filter_views, validate_records
+from pneumonia_cam.data.splits import split_csv_bytes, split_records, write_split_csv
 from pneumonia_cam.data.transforms import XrayTransforms
 
 log = logging.getLogger(__name__)
 
-BALANCE_MODES = ("none", "undersample", "sampler", "loss_weights")
 BAD_IMAGE_MODES = ("error", "skip")
 SPLIT_FILENAME = "split.csv"
 
@@ -84,6 +89,7 @@ class ChestXrayDataModule(LightningDataModule):
         feature_cache: dict | None = None,
         batch_augment: BatchAugment | None = None,
         dicom: dict | None = None,
+        views: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         # Plain Python values only, so checkpoints load with torch.load(weights_only=True) (no ListConfig).
@@ -94,6 +100,7 @@ class ChestXrayDataModule(LightningDataModule):
         image_cache = asdict(ImageCacheConfig(**(image_cache or {})))
         feature_cache = asdict(FeatureCacheConfig(**(feature_cache or {})))
         dicom = asdict(DicomPolicy.from_config(dicom))
+        views = None if views is None else [str(view) for view in views]
         _check_choice("balance", balance, BALANCE_MODES)
         _check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
         _check_choice("duplicates", duplicates, DUPLICATE_POLICIES)
@@ -124,6 +131,7 @@ class ChestXrayDataModule(LightningDataModule):
         self.feature_cache_config = FeatureCacheConfig(**feature_cache)
         self._pixels: dict[str, str] = {}  # what the reader serves, for feature keys: {} = the source's files
         self._feature_cache: FeatureCache | None = None
+        self._encoder: FeatureEncoder | None = None  # from the LightningModule: `feature_encoder(precision)`
         self._features: dict[str, FeatureDataset] = {}
         self.batch_augment = batch_augment
         self.batch_stage: BatchStage | None = None
@@ -136,11 +144,15 @@ class ChestXrayDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build records, split, image check and datasets once; later calls (fit, then test) reuse them."""
-        if self.feature_cache_config.enabled and self.trainer is not None:
-            require_frozen_backbone(self.trainer.lightning_module.net)  # fail before any work is done
+        if self.feature_cache_config.enabled and self.trainer is not None and self._encoder is None:
+            # the model side builds what the cache runs, and refuses a backbone that is not frozen, before
+            # any work is done
+            self._encoder = self.trainer.lightning_module.feature_encoder(self.feature_cache_config.precision)
         if self.records is not None:
             return
-        records = self._validated_records(self.source.records())
+        records = validate_records(self.source.records(), self.class_names, self.source)
+        if self.hparams.views is not None:
+            records = filter_views(records, self.hparams.views, self.source)
         excluded = self.source.excluded
         if excluded:
             reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(excluded.items()))
@@ -148,7 +160,8 @@ class ChestXrayDataModule(LightningDataModule):
         self.image_facts = self._scan(records) if self.hparams.check_images else None
         bad = {} if self.image_facts is None else self._bad_images(self.image_facts)
         good = records[~records["path"].isin(bad)]
-        split = self._split(good).assign(status="ok")
+        fold = None if self.hparams.folds is None else (self.hparams.folds, self.hparams.fold)
+        split = split_records(good, self.hparams.fractions, self.hparams.seed, fold).assign(status="ok")
         if self.image_facts is not None and self.hparams.duplicates != "off":
             self._check_duplicates(split)
         skipped = records[records["path"].isin(bad)].assign(status=lambda df: df["path"].map(bad))
@@ -156,7 +169,12 @@ class ChestXrayDataModule(LightningDataModule):
         self._write_split()
         self._log_split()
 
-        train = self._balanced_train(split[split["split"] == "train"])
+        train = split[split["split"] == "train"]
+        counts = self._class_counts(train)
+        if self.hparams.balance == "undersample":
+            train = undersample(train, counts, self.hparams.seed)
+        elif self.hparams.balance == "loss_weights":
+            self.class_weights = loss_weights(counts)
         self.batch_stage = self._batch_stage()
         reader, train_transform, eval_transform = self._pixel_pipeline(split["path"].tolist())
         train_transform.set_random_seed(self.hparams.seed)
@@ -174,7 +192,10 @@ class ChestXrayDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, or drawn by class weight (balance=sampler), from (seed, epoch) alone (EpochSampler)."""
         dataset = self._served("train")
-        weights = self._balancing_weights() if self.hparams.balance == "sampler" else None
+        weights = None
+        if self.hparams.balance == "sampler":
+            train = self.data_train.records
+            weights = sampling_weights(train["label"], self._class_counts(train))
         ranks = (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
         sampler = EpochSampler(len(dataset), self.hparams.seed, weights, *ranks)
         if self._resume_at is not None:
@@ -284,37 +305,16 @@ class ChestXrayDataModule(LightningDataModule):
 
     def _cache(self) -> FeatureCache:
         """The feature cache of the Trainer's model (created once: it hashes the backbone weights)."""
-        if self.trainer is None:
+        if self._encoder is None:
             raise RuntimeError("data.feature_cache needs the model: use it through trainer.fit/validate/test")
         if self._feature_cache is None:
             self._feature_cache = FeatureCache(
                 self.feature_cache_config,
-                self.trainer.lightning_module.net,
+                self._encoder,
                 num_workers=self.hparams.num_workers,
                 ranks=self._ranks(),
             )
         return self._feature_cache
-
-    def _validated_records(self, records: pd.DataFrame) -> pd.DataFrame:
-        """Fail early on a source that breaks the records contract (columns, labels, splits, duplicates)."""
-        missing = [column for column in RECORD_COLUMNS if column not in records]
-        if missing:
-            raise ValueError(f"{type(self.source).__name__}.records() lacks column(s) {missing}")
-        if records.empty:
-            raise ValueError(f"{type(self.source).__name__} found no images in {self.hparams.data_dir}")
-        bad_labels = sorted(set(records["label"].astype(int)) - set(range(self.num_classes)))
-        if bad_labels:
-            raise ValueError(
-                f"labels {bad_labels} are outside 0..{self.num_classes - 1} for classes {self.class_names}"
-            )
-        bad_splits = sorted(set(records["split"]) - {"", *SPLITS})
-        if bad_splits:
-            raise ValueError(f"unknown split names {bad_splits}; expected {list(SPLITS)} or ''")
-        duplicated = records["path"][records["path"].duplicated()].tolist()
-        if duplicated:
-            raise ValueError(f"{len(duplicated)} image path(s) listed twice, e.g. {duplicated[:3]}")
-        columns = [*RECORD_COLUMNS, *(column for column in OPTIONAL_COLUMNS if column in records)]
-        return records.loc[:, columns].reset_index(drop=True)
 
     def _scan(self, records: pd.DataFrame) -> pd.DataFrame:
         """Decode every image once (or reuse the scan cache): problem, size, bit depth, dHash per path."""
@@ -358,36 +358,6 @@ class ChestXrayDataModule(LightningDataModule):
             raise ValueError(message)
         log.warning(message)
 
-    def _split(self, records: pd.DataFrame) -> pd.DataFrame:
-        """Use the source's split when it has one (carving out a missing val/test), else assign one."""
-        train_f, val_f, test_f = self.hparams.fractions
-        seed = self.hparams.seed
-        if self.hparams.folds is not None:
-            return self._fold_split(records)
-        predefined = set(records["split"])
-        if predefined == {""}:
-            return assign_splits(records, (train_f, val_f, test_f), seed)
-        if "" in predefined or "train" not in predefined:
-            raise ValueError(
-                f"a predefined split must label every image and include 'train', got {sorted(predefined)}"
-            )
-        if "test" not in predefined:
-            records = carve_split(records, test_f / (train_f + val_f + test_f), seed, into="test")
-        if "val" not in predefined:
-            records = carve_split(records, val_f / (train_f + val_f), seed, into="val")
-        return records
-
-    def _fold_split(self, records: pd.DataFrame) -> pd.DataFrame:
-        """Cross-validation: fold `fold` of the non-test images is the test split, val is carved by patient.
-
-        A predefined test split (e.g. Kermany's test/) is left out entirely, so CV never touches it.
-        """
-        train_f, val_f, _ = self.hparams.fractions
-        pool = records[records["split"] != "test"].copy()
-        fold_ids = assign_folds(pool, self.hparams.folds, self.hparams.seed)
-        pool["split"] = np.where(fold_ids == self.hparams.fold, "test", "train")
-        return carve_split(pool, val_f / (train_f + val_f), self.hparams.seed, into="val")
-
     def _write_split(self) -> None:
         """Record the split (and skipped images) as split.csv in the run folder; its hash names the split."""
         root = self.source.data_dir
@@ -409,34 +379,9 @@ class ChestXrayDataModule(LightningDataModule):
         for logger in self.trainer.loggers:
             logger.log_hyperparams(summary)
 
-    def _balanced_train(self, train: pd.DataFrame) -> pd.DataFrame:
-        """Apply 'undersample' or compute 'loss_weights'; the other modes leave the train rows as they are."""
-        counts = self._class_counts(train)
-        if self.hparams.balance == "undersample":
-            rng = np.random.default_rng(self.hparams.seed)
-            keep = [
-                rng.choice(group.index, size=counts.min(), replace=False)
-                for _, group in train.groupby("label")
-            ]
-            return train.loc[np.sort(np.concatenate(keep))]
-        if self.hparams.balance == "loss_weights":
-            inverse = 1.0 / counts.astype(np.float64)
-            self.class_weights = torch.tensor(inverse / inverse.mean(), dtype=torch.float32)
-        return train
-
     def _class_counts(self, train: pd.DataFrame) -> np.ndarray:
-        """Train images per class; balancing needs every class present."""
-        counts = np.bincount(train["label"].to_numpy(dtype=np.int64), minlength=self.num_classes)
-        if self.hparams.balance != "none" and counts.min() == 0:
-            raise ValueError(
-                f"balance={self.hparams.balance!r} needs every class in train, got counts {counts.tolist()}"
-            )
-        return counts
-
-    def _balancing_weights(self) -> list[float]:
-        """Draw train images with probability inversely proportional to their class frequency."""
-        labels = self.data_train.records["label"].to_numpy(dtype=np.int64)
-        return (1.0 / self._class_counts(self.data_train.records)[labels]).tolist()
+        """Counts under this module's balance mode, which refuses a class missing from train."""
+        return class_counts(train["label"], self.num_classes, self.hparams.balance)
 
     def _loader(self, dataset: Dataset, sampler: EpochSampler | None = None) -> DataLoader:
         """One place for the DataLoader options shared by every split (features need no workers)."""

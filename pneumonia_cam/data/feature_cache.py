@@ -12,7 +12,7 @@ Under DDP each rank extracts a contiguous run of whole batches of every view and
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +30,21 @@ from pneumonia_cam.data.disk_cache import (
     progress,
     stable_digest,
     transform_config,
-    weights_digest,
 )
 from pneumonia_cam.data.sampling import SampleKey
-from pneumonia_cam.models.net import ChestXrayNet
-from pneumonia_cam.models.predictor import PRECISIONS, Predictor
+from pneumonia_cam.utils.precision import PRECISIONS
 
 View = tuple[A.Compose, int | None]  # a transform and the seed of its random draws (None: deterministic)
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """What the cache needs of a frozen backbone, built on the model side (models/encoder.py): the digest
+    of its weights (part of the key), its feature width, and images -> pooled features."""
+
+    weights: str
+    width: int
+    encode: Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -57,17 +65,6 @@ class FeatureCacheConfig:
             raise ValueError(
                 f"feature_cache.precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
             )
-
-
-def require_frozen_backbone(net: ChestXrayNet) -> None:
-    """Cached features are only valid while the backbone cannot change: refuse any trainable stage."""
-    if not net.backbone_frozen:
-        trainable = [name for name, _ in net.features.named_children() if name not in net._frozen_stages]
-        raise ValueError(
-            "data.feature_cache.enabled=true needs a fully frozen backbone (model.freeze_backbone=true and "
-            f"model.unfreeze=[]), but these stages train: {trainable}. Disable the cache "
-            "(data.feature_cache.enabled=false) or freeze the backbone."
-        )
 
 
 def view_seed(seed: int, view: int, index: int) -> int:
@@ -108,21 +105,20 @@ class FeatureDataset(Dataset):
 
 
 class FeatureCache:
-    """Compute or reuse the features of one frozen net, keyed by images, transforms, weights and precision."""
+    """Compute or reuse one frozen encoder's features, keyed by images, transforms, weights, precision."""
 
     def __init__(
         self,
         config: FeatureCacheConfig,
-        net: ChestXrayNet,
+        encoder: FeatureEncoder,
         num_workers: int = 0,
         ranks: Ranks = ONE_PROCESS,
     ) -> None:
-        require_frozen_backbone(net)
         self.config = config
-        self.net = net
+        self.encoder = encoder
         self.num_workers = num_workers
         self.ranks = ranks
-        self.weights = weights_digest(net.features)
+        self.weights = encoder.weights
 
     def key(self, dataset: XrayDataset, views: Sequence[View], pixels: dict | None = None) -> str:
         """Content key: image bytes, each view's transform and seed, backbone weights, precision."""
@@ -142,7 +138,7 @@ class FeatureCache:
     ) -> np.ndarray:
         """The K x N x C float32 features of `dataset` under each view, memory-mapped from the cache."""
         key = self.key(dataset, views, pixels)
-        shape = (len(views), len(dataset), self.net.head.fc.in_features)
+        shape = (len(views), len(dataset), self.encoder.width)
 
         def fill(out: np.ndarray, rows: range) -> None:
             for index, (transform, seed) in enumerate(views):
@@ -162,8 +158,7 @@ class FeatureCache:
         )
 
     def extract(self, dataset: Dataset, desc: str = "features") -> np.ndarray:
-        """Run the frozen backbone once over `dataset` (eval, inference_mode, channels_last, autocast)."""
-        predictor = Predictor(self.net, self.net.pooled_features, precision=self.config.precision)
+        """Run the frozen backbone once over `dataset` (the encoder's eval, inference_mode, autocast)."""
         loader = DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -173,6 +168,6 @@ class FeatureCache:
         chunks = []
         with progress(len(dataset), desc, enabled=self.ranks.rank == 0) as bar:
             for images, _ in loader:
-                chunks.append(predictor(images).cpu().numpy())
+                chunks.append(self.encoder.encode(images).cpu().numpy())
                 bar.update(len(images))
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.net.head.fc.in_features), np.float32)
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.encoder.width), np.float32)

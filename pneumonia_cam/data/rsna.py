@@ -30,7 +30,7 @@ class RSNASource(ImageSource):
     `not_normal`: "exclude" leaves out "No Lung Opacity / Not Normal" patients (counted), and Target 0
     patients the class file lacks (they may be either; counted apart); "negative" keeps both as NORMAL.
     Labelled patients without an image file are left out and counted (the label CSVs cover all 26,684; a
-    download may hold fewer). `views` keeps only those view positions (e.g. [PA]); None keeps all.
+    download may hold fewer). `data.views` filters on the view.
     """
 
     def __init__(
@@ -40,7 +40,6 @@ class RSNASource(ImageSource):
         labels: str = "stage_2_train_labels.csv",
         class_info: str = "stage_2_detailed_class_info.csv",
         not_normal: str = "exclude",
-        views: Sequence[str] | None = None,
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
     ) -> None:
         super().__init__(data_dir)
@@ -55,7 +54,6 @@ class RSNASource(ImageSource):
         self.labels_csv = self.data_dir / labels  # an absolute path replaces data_dir
         self.class_info_csv = self.data_dir / class_info
         self.not_normal = not_normal
-        self.views = None if views is None else {str(view).upper() for view in views}
         self.label_of = {
             "NORMAL": list(class_names).index("NORMAL"),
             "PNEUMONIA": list(class_names).index("PNEUMONIA"),
@@ -87,13 +85,6 @@ class RSNASource(ImageSource):
                 "boxes": patients["boxes"].to_numpy(),
             }
         ).astype({"label": "int64"})
-        if self.views is not None:
-            keep = table["view"].isin(self.views)
-            for view, count in table.loc[~keep, "view"].value_counts().items():
-                self.excluded[f"view {view or 'unknown'} (data.source.views={sorted(self.views)})"] += int(
-                    count
-                )
-            table = table[keep]
         return table.reset_index(drop=True)
 
     def _patients(self) -> pd.DataFrame:

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pneumonia_cam.data.dicom import DEFAULT_POLICY, DicomPolicy
-from pneumonia_cam.data.image_io import ImageReadError, read_grayscale, to_gray_uint8
+from pneumonia_cam.data.dicom import DEFAULT_POLICY, DicomPolicy, header_fields
+from pneumonia_cam.data.image_io import DICOM_SUFFIXES, ImageReadError, read_grayscale, to_gray_uint8
 from pneumonia_cam.data.splits import SPLITS, patient_id_from_filename
 
 RECORD_COLUMNS = ("path", "label", "patient_id", "split")
@@ -53,6 +53,62 @@ class ImageSource(ABC):
         return read_grayscale(path, self.dicom)
 
 
+def with_dicom_header(records: pd.DataFrame, patient_given: pd.Series | None = None) -> pd.DataFrame:
+    """DICOM rows take PatientID (unless `patient_given` marks an id the listing gave) and ViewPosition from
+    their header; nothing else is read. A header that does not read leaves the row to the image scan."""
+    is_dicom = records["path"].str.lower().str.endswith(DICOM_SUFFIXES)
+    if not is_dicom.any():
+        return records
+    records = records.assign(view="")
+    for index in records.index[is_dicom]:
+        try:
+            fields = header_fields(records.at[index, "path"])
+        except ImageReadError:
+            continue
+        records.at[index, "view"] = fields["view"]
+        if fields["patient_id"] and (patient_given is None or not patient_given.iloc[index]):
+            records.at[index, "patient_id"] = fields["patient_id"]
+    return records
+
+
+def filter_views(records: pd.DataFrame, views: Sequence[str], source: ImageSource) -> pd.DataFrame:
+    """Keep the rows whose view position is one of `views` (data.views); count the rest by view."""
+    if "view" not in records:
+        raise ValueError(
+            f"data.views={list(views)} needs view positions, which {type(source).__name__} does not give "
+            "(DICOM sources read ViewPosition; other files have none)"
+        )
+    wanted = {str(view).upper() for view in views}
+    keep = records["view"].str.upper().isin(wanted)
+    for view, count in records.loc[~keep, "view"].value_counts().items():
+        source.excluded[f"view {view or 'unknown'} (data.views={sorted(wanted)})"] += int(count)
+    return records[keep].reset_index(drop=True)
+
+
+def validate_records(records: pd.DataFrame, class_names: Sequence[str], source: ImageSource) -> pd.DataFrame:
+    """Fail early on a source that breaks the records contract (columns, labels, splits, duplicates);
+    return the contract's columns (and the optional ones it gave), renumbered 0..n-1."""
+    name = type(source).__name__
+    missing = [column for column in RECORD_COLUMNS if column not in records]
+    if missing:
+        raise ValueError(f"{name}.records() lacks column(s) {missing}")
+    if records.empty:
+        raise ValueError(f"{name} found no images in {source.data_dir}")
+    bad_labels = sorted(set(records["label"].astype(int)) - set(range(len(class_names))))
+    if bad_labels:
+        raise ValueError(
+            f"labels {bad_labels} are outside 0..{len(class_names) - 1} for classes {tuple(class_names)}"
+        )
+    bad_splits = sorted(set(records["split"]) - {"", *SPLITS})
+    if bad_splits:
+        raise ValueError(f"unknown split names {bad_splits}; expected {list(SPLITS)} or ''")
+    duplicated = records["path"][records["path"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"{len(duplicated)} image path(s) listed twice, e.g. {duplicated[:3]}")
+    columns = [*RECORD_COLUMNS, *(column for column in OPTIONAL_COLUMNS if column in records)]
+    return records.loc[:, columns].reset_index(drop=True)
+
+
 def make_records(rows: Iterable[Record]) -> pd.DataFrame:
     """Build the records table with stable column order and dtypes."""
     frame = pd.DataFrame(list(rows), columns=list(RECORD_COLUMNS))
@@ -78,7 +134,9 @@ class FolderSource(ImageSource):
             raise FileNotFoundError(f"data folder {self.data_dir} does not exist")
         splits = [split for split in SPLITS if (self.data_dir / split).is_dir()]
         roots = [(self.data_dir / split, split) for split in splits] or [(self.data_dir, "")]
-        return make_records(row for root, split in roots for row in self._scan(root, split))
+        return with_dicom_header(
+            make_records(row for root, split in roots for row in self._scan(root, split))
+        )
 
     def _scan(self, root: Path, split: str) -> Iterator[Record]:
         """Yield the image files of each class folder under root; an empty or missing class is an error."""
@@ -129,7 +187,8 @@ class ManifestSource(ImageSource):
         for column in ("patient_id", "split"):
             if column not in table:
                 table[column] = ""
-        return make_records(self._parse(i, row) for i, row in enumerate(table.itertuples(index=False)))
+        records = make_records(self._parse(i, row) for i, row in enumerate(table.itertuples(index=False)))
+        return with_dicom_header(records, patient_given=table["patient_id"].str.strip() != "")
 
     def _parse(self, index: int, row: tuple) -> Record:
         """Turn one CSV row into a record (label name or integer; patient from the file name when blank)."""

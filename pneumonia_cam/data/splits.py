@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumonia_cam.data.folds import assign_folds
+
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("path", "label", "patient_id", "split", "status")
 _PATIENT_PATTERNS = (
@@ -54,6 +56,42 @@ def carve_split(
 def carve_validation(df: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
     """Take a validation split out of a predefined train split, leaving test untouched."""
     return carve_split(df, val_fraction, seed, into="val")
+
+
+def split_records(
+    records: pd.DataFrame, fractions: Sequence[float], seed: int, fold: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """The split policy: the source's split when it has one (carving out a missing val/test by patient),
+    else a seeded, stratified, patient-grouped one; with `fold` = (folds, k), cross-validation fold k."""
+    train_f, val_f, test_f = fractions
+    if fold is not None:
+        return fold_split(records, fractions, seed, *fold)
+    predefined = set(records["split"])
+    if predefined == {""}:
+        return assign_splits(records, (train_f, val_f, test_f), seed)
+    if "" in predefined or "train" not in predefined:
+        raise ValueError(
+            f"a predefined split must label every image and include 'train', got {sorted(predefined)}"
+        )
+    if "test" not in predefined:
+        records = carve_split(records, test_f / (train_f + val_f + test_f), seed, into="test")
+    if "val" not in predefined:
+        records = carve_split(records, val_f / (train_f + val_f), seed, into="val")
+    return records
+
+
+def fold_split(
+    records: pd.DataFrame, fractions: Sequence[float], seed: int, folds: int, fold: int
+) -> pd.DataFrame:
+    """Cross-validation: fold `fold` of the non-test images is the test split, val is carved by patient.
+
+    A predefined test split (e.g. Kermany's test/) is left out entirely, so CV never touches it.
+    """
+    train_f, val_f, _ = fractions
+    pool = records[records["split"] != "test"].copy()
+    fold_ids = assign_folds(pool, folds, seed)
+    pool["split"] = np.where(fold_ids == fold, "test", "train")
+    return carve_split(pool, val_f / (train_f + val_f), seed, into="val")
 
 
 def write_split_csv(df: pd.DataFrame, path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:

@@ -16,9 +16,11 @@ import torch
 from lightning import LightningModule
 from omegaconf import DictConfig
 
+from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
 from pneumonia_cam.models.cam import TargetClass, build_cam
+from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import Predictor
 from pneumonia_cam.utils.run_config import checkpoint_sha256, load_run_config
@@ -226,7 +228,11 @@ class PredictionModule(LightningModule):
     def __init__(self, model: InferenceModel) -> None:
         super().__init__()
         self.model = model
-        self.net = model.net  # the data module's feature cache reads `trainer.lightning_module.net`
+        self.net = model.net
+
+    def feature_encoder(self, precision: str) -> FeatureEncoder:
+        """What the data module's feature cache runs (eval on cached features): the model's backbone."""
+        return backbone_encoder(self.net, precision)
 
     def predict_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class log-probabilities (T = 1) of images, or of cached pooled features (B x C)."""

@@ -10,6 +10,8 @@ from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection, MinMetric
 
+from pneumonia_cam.data.feature_cache import FeatureEncoder
+from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.metrics import build_metrics, metric_scores
 from pneumonia_cam.models.net import ChestXrayNet
 
@@ -89,6 +91,10 @@ class PneumoniaClassifier(LightningModule):
     def parameter_counts(self) -> dict[str, int]:
         """Parameter totals for experiment logs, so frozen vs fine-tuned runs are easy to tell apart."""
         return self.net.parameter_counts()
+
+    def feature_encoder(self, precision: str) -> FeatureEncoder:
+        """What the data module's feature cache runs: this model's backbone, refused unless frozen."""
+        return backbone_encoder(self.net, precision)
 
     def setup(self, stage: str) -> None:
         """Adopt the data module's class weights (``balance: loss_weights``) and optionally compile."""

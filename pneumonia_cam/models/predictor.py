@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+from pneumonia_cam.utils.precision import PRECISIONS
 
 
 @contextmanager
