@@ -33,16 +33,20 @@ train: $(STAMP) ## Train with the defaults; pass Hydra overrides as ARGS="..."
 eval: $(STAMP) ## Evaluate a checkpoint: ARGS="ckpt_path=..."
 	$(BIN)/python src/eval.py $(ARGS)
 
+export: $(STAMP) ## Export a checkpoint to ONNX (+ metadata): ARGS="ckpt_path=... [output=model.onnx]"
+	$(BIN)/python src/export.py $(ARGS)
+
 serve: $(STAMP) ## Serve a checkpoint over HTTP (FastAPI): ARGS="ckpt_path=... [port=8080]"
 	$(BIN)/python src/serve.py $(ARGS)
 
 smoke: $(STAMP) ## Train the offline smoke experiment end to end
 	$(BIN)/python src/train.py experiment=smoke $(ARGS)
 
-lint: $(STAMP) ## Lint, check formatting (ruff) and the one-way import layers (import-linter)
+lint: $(STAMP) ## Lint, check formatting (ruff), the one-way import layers (import-linter), the Dockerfile (hadolint)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
@@ -56,4 +60,4 @@ results: $(STAMP) ## Reproduce docs/results.md: 3 seeds of kermany_resnet18_scra
 clean-logs: ## Delete logs/
 	rm -rf logs/
 
-.PHONY: help install test test-fast train eval serve smoke lint format results clean-logs
+.PHONY: help install test test-fast train eval export serve smoke lint format results clean-logs

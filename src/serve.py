@@ -9,6 +9,7 @@ import uvicorn  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pneumonia_cam.serving.app import create_app  # noqa: E402
+from pneumonia_cam.serving.memory import bound_heap_growth  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
@@ -18,6 +19,7 @@ log = RankedLogger(__name__, rank_zero_only=True)
 def main(cfg: DictConfig) -> None:
     """Entry point: one uvicorn worker (batching needs every request in one process), Hydra's logging."""
     extras(cfg)
+    bound_heap_growth(cfg.memory.malloc_arena_max, cfg.memory.mmap_threshold_bytes)  # before any thread
     log.info(f"Serving {cfg.ckpt_path} on http://{cfg.host}:{cfg.port} (docs at /docs)")
     uvicorn.run(create_app(cfg), host=cfg.host, port=int(cfg.port), workers=1, log_config=None)
 

@@ -220,3 +220,15 @@ def test_real_samples_monochrome1_variant_is_the_inverse():
     # no VOI in these files: the window policy and the old linear mapping agree
     for path in SAMPLES.glob("*.dcm"):
         np.testing.assert_array_equal(read_grayscale(path), read_grayscale(path, DicomPolicy(voi="linear")))
+
+
+def test_modality_lut_sequence_then_no_voi(tmp_path):
+    """A Modality LUT Sequence maps stored 0..3 to 0, 1000, 2000, 65535 (16-bit entries): scaled by 65535."""
+    item = pydicom.Dataset()
+    item.add_new(0x00283002, "US", [4, 0, 16])  # LUT Descriptor: 4 entries from stored value 0, 16 bits
+    item.add_new(0x00283006, "US", [0, 1000, 2000, 65535])  # LUT Data
+    item.ModalityLUTType = "US"
+    path = make_dicom(
+        tmp_path / "mlut.dcm", np.array([[0, 1, 2, 3]]), ModalityLUTSequence=pydicom.Sequence([item])
+    )
+    np.testing.assert_array_equal(read_grayscale(path), as_uint8(np.array([[0, 1000, 2000, 65535]]) / 65535))

@@ -1,4 +1,4 @@
-"""Imports flow one way (utils <- data <- models <- evaluation <- inference <- callbacks | serving <- src)."""
+"""Imports flow one way: utils <- data <- models <- evaluation <- runtime <- inference <- ... <- src."""
 
 import shutil
 import subprocess

@@ -723,3 +723,18 @@ def test_http_matches_eval_predictions(client, smoke_checkpoint, cfg_eval):
         body = client.post("/v1/predict", files=upload(Path(row["path"]).read_bytes())).json()
         assert body["label"] == row["prediction_name"]
         assert body["probabilities"]["PNEUMONIA"] == pytest.approx(row["probability"], abs=1e-6)
+
+
+def test_heap_growth_bound_applies_on_glibc():
+    """serve.py sets glibc's arena cap and mmap threshold before any thread starts (a no-op elsewhere)."""
+    import ctypes.util
+    import platform
+
+    from pneumonia_cam.serving.memory import bound_heap_growth
+
+    if platform.system() != "Linux" or ctypes.util.find_library("c") is None:
+        pytest.skip("glibc malloc only")
+    assert bound_heap_growth(2, 1 << 20) is True
+    assert bound_heap_growth(None, None) is False
+    cfg = compose_config("serve.yaml", ["ckpt_path=x.ckpt"])
+    assert (cfg.memory.malloc_arena_max, cfg.memory.mmap_threshold_bytes) == (2, 1 << 20)

@@ -1,12 +1,19 @@
 """The one decision rule: training metrics, evaluation and every inference path call it, never a copy."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    pass
 
 DEFAULT_THRESHOLD = 0.5
 POSITIVE_CLASS = 1
 
-Probabilities = np.ndarray | torch.Tensor
+# numpy or torch: this module imports no torch, so the torch-free ONNX runtime decides by the same rule
+Probabilities = "np.ndarray | torch.Tensor"
 
 
 def is_positive(prob: Probabilities, threshold: float = DEFAULT_THRESHOLD) -> Probabilities:
@@ -22,9 +29,9 @@ def decide(
         return probs.argmax(1)
     positive = is_positive(probs[:, positive_class], threshold)
     negative = 1 - positive_class
-    if isinstance(probs, torch.Tensor):
-        return torch.where(positive, positive_class, negative).long()
-    return np.where(positive, positive_class, negative).astype(np.int64)
+    if isinstance(probs, np.ndarray):
+        return np.where(positive, positive_class, negative).astype(np.int64)
+    return positive.long() * positive_class + (~positive).long() * negative  # a torch tensor
 
 
 def strict_threshold(threshold: float = DEFAULT_THRESHOLD) -> float:

@@ -1,0 +1,160 @@
+"""ONNX export of a checkpoint: one graph gives the logits and the raw class activation grids of a batch.
+
+The graph takes `image` (B x 3 x H x W float32, dynamic B) and returns `logits` (B x K) and `cam`
+(B x K x h x w: the linear head's weights applied to the last feature maps, before upsampling and
+normalisation, which stay outside the graph). Everything a runtime needs to rebuild the preprocessing and
+the decision travels in the model's metadata (key `pneumonia_cam`) and in a sidecar `<file>.json`: class
+names, image size, the eval transform (Albumentations, serialised), mean / std, threshold, temperature,
+checkpoint SHA-256, opset, torch version. `pneumonia_cam.runtime.OnnxModel` reads both; it imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch import nn
+
+from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.models.net import ClassifierHead
+from pneumonia_cam.runtime.preprocess import STEP_NAMES, Step
+
+FORMATS = ("onnx",)
+METADATA_KEY = "pneumonia_cam"
+OPSET = 17
+
+
+class CamGraph(nn.Module):
+    """features -> (logits, all classes' CAM grids) in one pass: what the exported file computes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.net.forward_features(image)
+        logits = self.net.head.logits(self.net.forward_head(maps, pre_logits=True))
+        cam = torch.einsum("kc,bchw->bkhw", self.net.head.fc.weight, maps)
+        return logits, cam
+
+
+def check_exportable(model: InferenceModel, fmt: str, opset: int) -> None:
+    """Refuse, saying why, what the file could not represent faithfully."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not supported; export formats: {list(FORMATS)}")
+    if opset < OPSET:
+        raise ValueError(f"opset {opset} is too old: the graph needs opset >= {OPSET}")
+    head = model.net.head
+    if not isinstance(head, ClassifierHead) or not isinstance(head.pool[0], nn.AdaptiveAvgPool2d):
+        raise ValueError(
+            f"the CAM output needs a global-average-pool + linear head; {type(head).__name__} is not one"
+        )
+    if model.preprocessor is None:
+        raise ValueError(
+            "the model has no preprocessing to export: load it with InferenceModel.from_checkpoint"
+        )
+    steps = model.preprocessor.transform.transforms
+    if (
+        not steps
+        or not isinstance(steps[-1], ToTensorV2)
+        or any(isinstance(t, ToTensorV2) for t in steps[:-1])
+    ):
+        raise ValueError(
+            "the eval transform must end in ToTensorV2 (and use it once) for the runtime to rebuild it"
+        )
+    preprocess_steps(model.preprocessor.transform)  # refuses steps the runtime cannot replay
+
+
+def preprocess_steps(transform: A.Compose) -> list[Step]:
+    """The eval transform (before ToTensorV2) as steps runtime/preprocess.py replays exactly, or a refusal."""
+    steps = []
+    for t in transform.transforms[:-1]:
+        name = type(t).__name__
+        if t.p != 1.0:
+            raise ValueError(
+                f"eval step {name} runs with p={t.p}: an exported pipeline must be deterministic"
+            )
+        if isinstance(t, A.CLAHE) and t.clip_limit[0] == t.clip_limit[1]:
+            grid = list(t.tile_grid_size)
+            steps.append({"name": name, "clip_limit": float(t.clip_limit[0]), "tile_grid_size": grid})
+        elif isinstance(t, A.Resize) and not getattr(t, "area_for_downscale", None):
+            size = {"height": t.height, "width": t.width, "interpolation": int(t.interpolation)}
+            steps.append({"name": name, **size})
+        elif isinstance(t, A.ToRGB):
+            steps.append({"name": name, "num_output_channels": int(t.num_output_channels)})
+        elif isinstance(t, A.Normalize) and t.normalization == "standard":
+            mean, std = (
+                np.broadcast_to(np.asarray(v, dtype=np.float64), (3,)).tolist() for v in (t.mean, t.std)
+            )
+            steps.append(
+                {"name": name, "mean": mean, "std": std, "max_pixel_value": float(t.max_pixel_value)}
+            )
+        else:
+            raise ValueError(
+                f"eval step {name} has no exact torch-free replay; exportable steps: {list(STEP_NAMES)} "
+                "(CLAHE with a fixed clip limit, standard Normalize, all with p=1)"
+            )
+    return steps
+
+
+def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
+    """What a runtime needs besides the graph (JSON-ready)."""
+    steps = preprocess_steps(model.preprocessor.transform)
+    normalize = [step for step in steps if step["name"] == "Normalize"]
+    info = model.info
+    return {
+        "format_version": 1,
+        "class_names": list(model.class_names),
+        "positive_class": model.operating_point.positive_class,
+        "threshold": model.operating_point.threshold,
+        "temperature": model.operating_point.temperature,
+        "operating_point_source": model.operating_point.source,
+        "image_size": info.image_size if info else None,
+        "backbone": info.backbone if info else None,
+        "checkpoint": info.checkpoint if info else None,
+        "checkpoint_sha256": info.checkpoint_sha256 if info else None,
+        "preprocess": steps,
+        "mean": normalize[0]["mean"] if normalize else None,
+        "std": normalize[0]["std"] if normalize else None,
+        "channels": "grey replicated to 3 (ToRGB)" if any(s["name"] == "ToRGB" for s in steps) else "grey",
+        "dicom": model.preprocessor.dicom.__dict__,
+        "inputs": {"image": "B x 3 x H x W float32, the preprocess output (CHW)"},
+        "outputs": {"logits": "B x K", "cam": "B x K x h x w, raw (before upsampling, ReLU and min-max)"},
+        "opset": opset,
+        "torch": torch.__version__,
+    }
+
+
+def export_onnx(model: InferenceModel, output: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Write `output` (.onnx) and `output`.json; return the model path."""
+    import onnx
+
+    check_exportable(model, "onnx", opset)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    size = model.info.image_size if model.info else 224
+    graph = CamGraph(model.net).eval()
+    example = torch.zeros(2, 3, size, size)
+    torch.onnx.export(
+        graph,
+        (example,),
+        str(output),
+        input_names=["image"],
+        output_names=["logits", "cam"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    metadata = export_metadata(model, opset)
+    proto = onnx.load(str(output))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(proto, str(output))
+    output.with_suffix(output.suffix + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return output

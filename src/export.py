@@ -1,0 +1,55 @@
+"""Export a checkpoint: `python src/export.py ckpt_path=... format=onnx output=model.onnx`.
+
+Writes the file and its metadata sidecar, then runs it in ONNX Runtime beside PyTorch on random inputs and
+refuses the result (exit 1) when logits or decisions differ beyond rtol 1e-3 / atol 1e-4.
+"""
+
+import rootutils
+
+rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from pneumonia_cam.inference.export import check_exportable, export_onnx  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel  # noqa: E402
+from pneumonia_cam.runtime.onnx import OnnxModel  # noqa: E402
+from pneumonia_cam.utils import RankedLogger, extras, task_wrapper  # noqa: E402
+
+log = RankedLogger(__name__, rank_zero_only=True)
+
+
+def check_parity(model: InferenceModel, exported: OnnxModel, n: int, seed: int = 0) -> float:
+    """Largest |logit difference| of ORT vs PyTorch on n random model inputs; raises beyond tolerance."""
+    size = model.info.image_size if model.info else 224
+    inputs = torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32))
+    expected = model.forward(inputs)[1].float().numpy()
+    got, _ = exported.session.run(["logits", "cam"], {"image": inputs.numpy()})
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4, err_msg="ONNX Runtime vs PyTorch logits")
+    return float(np.abs(got - expected).max())
+
+
+@task_wrapper
+def export(cfg: DictConfig) -> tuple[dict, dict]:
+    """Load, check what can be exported, write, reload in ONNX Runtime and compare."""
+    model = InferenceModel.from_checkpoint(cfg.ckpt_path, operating_point=cfg.operating_point)
+    check_exportable(model, cfg.format, cfg.opset)
+    path = export_onnx(model, cfg.output, cfg.opset)
+    result = {"output": str(path), "metadata": f"{path}.json"}
+    if cfg.check_images:
+        result["max_abs_logit_diff"] = check_parity(model, OnnxModel(path), cfg.check_images)
+    log.info(f"Exported {cfg.ckpt_path} -> {path} ({result})")
+    return result, {"cfg": cfg, "model": model}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export.yaml")
+def main(cfg: DictConfig) -> None:
+    """Entry point."""
+    extras(cfg)
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
