@@ -35,7 +35,7 @@ def check_parity(model: InferenceModel, exported: OnnxModel, n: int, seed: int =
 def export(cfg: DictConfig) -> tuple[dict, dict]:
     """Load, check what can be exported, write, reload in ONNX Runtime and compare."""
     model = InferenceModel.from_checkpoint(cfg.ckpt_path, operating_point=cfg.operating_point)
-    check_exportable(model, cfg.format, cfg.opset)
+    check_exportable(model, cfg.format, cfg.opset)  # the CLI picks the format; export_onnx re-checks onnx
     path = export_onnx(model, cfg.output, cfg.opset)
     result = {"output": str(path), "metadata": f"{path}.json"}
     if cfg.check_images:

@@ -53,7 +53,8 @@ def cam_localisation(
     paths, boxes = test["path"].tolist(), [parse_boxes(b) for b in test["boxes"]]
     for start in range(0, len(paths), int(cfg["batch_size"])):
         chunk = paths[start : start + int(cfg["batch_size"])]
-        explanation = model.explain_batch(chunk, target_class=positive, method=cfg["method"])
+        prepared = [model.prepare(path) for path in chunk]  # decoded once: for the CAM and the figure
+        explanation = model.explain_batch(prepared, target_class=positive, method=cfg["method"])
         for offset, heat in enumerate(explanation.maps):
             mask = boxes_mask(boxes[start + offset], heat.shape)
             for name, heatmap in (("cam", heat), ("baseline", resize_heatmap(prior, heat.shape))):
@@ -61,7 +62,7 @@ def cam_localisation(
                 scores[name][0].append(hit)
                 scores[name][1].append(iou)
             if len(shown) < int(cfg["figure_images"]):
-                original = model.prepare(chunk[offset]).original
+                original = prepared[offset].original
                 shown.append((original, heat, boxes[start + offset], Path(chunk[offset]).stem))
     bootstrap = {key: cfg[key] for key in ("n_resamples", "confidence", "seed")}
     summary = {
