@@ -16,6 +16,7 @@ from torch import nn
 from benchmarks.common import reference_checkpoint
 from pneumonia_cam.inference.export import METADATA_KEY, check_exportable, export_onnx
 from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.inference.onnx_model import OnnxInferenceModel
 from pneumonia_cam.runtime.onnx import OnnxModel, finish_cam
 
 needs_kermany = pytest.mark.skipif(
@@ -140,3 +141,22 @@ def test_export_cli(smoke_checkpoint, tmp_path):
         "PNEUMONIA",
     ]
     assert "max_abs_logit_diff" in result.stdout + result.stderr
+
+
+def test_onnx_backend_keeps_the_operating_point_and_refuses_torch_options(smoke_checkpoint, tmp_path):
+    """The server's ONNX backend: the checkpoint's operating point and identity, precise refusals."""
+    model = InferenceModel.from_checkpoint(smoke_checkpoint)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    onnx_model = OnnxInferenceModel.from_checkpoint(path, threads=1)
+    assert onnx_model.operating_point == model.operating_point
+    assert onnx_model.info.checkpoint_sha256 == model.info.checkpoint_sha256
+    assert OnnxInferenceModel.from_checkpoint(path, "default").operating_point.threshold == 0.5
+    with pytest.raises(ValueError, match="torch options"):
+        onnx_model.configure("bf16")
+    with pytest.raises(ValueError, match="needs backend=torch"):
+        onnx_model.check_cam("gradcam", "layer4")
+    with pytest.raises(ValueError, match="needs backend=torch"):
+        onnx_model.check_cam("cam", "layer3")
+    onnx_model.check_cam("cam", "layer4")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        onnx_model.to("cuda")

@@ -115,6 +115,7 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
         "threshold": model.operating_point.threshold,
         "temperature": model.operating_point.temperature,
         "operating_point_source": model.operating_point.source,
+        "operating_point": model.operating_point.as_dict(),
         "image_size": info.image_size if info else None,
         "backbone": info.backbone if info else None,
         "checkpoint": info.checkpoint if info else None,
@@ -126,6 +127,8 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
         "dicom": model.preprocessor.dicom.__dict__,
         "inputs": {"image": "B x 3 x H x W float32, the preprocess output (CHW)"},
         "outputs": {"logits": "B x K", "cam": "B x K x h x w, raw (before upsampling, ReLU and min-max)"},
+        # the backbone stage whose maps the `cam` output weights (the one feeding the head)
+        "cam_layer": list(model.net.features.named_children())[-1][0],
         "opset": opset,
         "torch": torch.__version__,
     }

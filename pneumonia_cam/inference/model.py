@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
-from pneumonia_cam.models.cam import TargetClass, build_cam
+from pneumonia_cam.models.cam import TargetClass, build_cam, postprocess
 from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import Predictor
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # a path or HxW uint8 array (read and pre-processed here), a prepared image, or the preprocessor's C x H x W
 # output (its CAM comes back at the tensor's size: the original is unknown)
 ImageLike = ImageInput | PreparedImage | torch.Tensor
+# how raw grids become [0, 1] maps unless the CAM options say otherwise (models/cam.py's defaults)
+FINISH_DEFAULTS = {"upsample_mode": "bilinear", "relu": True, "normalize": True}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Explanation:
 
 class InferenceModel:
     """A trained network with its eval transform, class names and operating point, ready for images."""
+
+    backend = "torch"
+    cam_methods: tuple[str, ...] = ("cam", "gradcam")
 
     def __init__(
         self,
@@ -104,7 +109,9 @@ class InferenceModel:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Self:
         """What predict, visualize and serve configs ask for: checkpoint, operating point, precision."""
-        model = cls.from_checkpoint(cfg.ckpt_path, cfg.get("operating_point", "auto"))
+        model = cls.from_checkpoint(
+            cfg.ckpt_path, cfg.get("operating_point", "auto"), **cls.load_options(cfg)
+        )
         if cfg.get("threshold") is not None:
             model.operating_point = OperatingPoint(
                 threshold=float(cfg.threshold),
@@ -113,6 +120,11 @@ class InferenceModel:
             )
             log.info("Operating point: threshold %.4f from the command line", model.operating_point.threshold)
         return model.configure(cfg.get("precision", "fp32"), cfg.get("compile", False))
+
+    @staticmethod
+    def load_options(cfg: DictConfig) -> dict:
+        """Backend-specific keyword arguments of `from_checkpoint` taken from an entry point's config."""
+        return {}
 
     def configure(self, precision: str = "fp32", compile: bool = False) -> Self:
         """Pick the predictor's precision (fp32 | bf16) and torch.compile; every path goes through it."""
@@ -125,6 +137,11 @@ class InferenceModel:
     def positive_name(self) -> str:
         """The name of the class whose probability the threshold applies to."""
         return self.class_names[self.operating_point.positive_class]
+
+    @property
+    def precision(self) -> str:
+        """The precision the network runs in (fp32 | bf16)."""
+        return self.predictor.precision
 
     @property
     def device(self) -> torch.device:
@@ -168,6 +185,10 @@ class InferenceModel:
         label = int(self.decide(probs)[0])
         return self.class_names[label], float(probs[0, label])
 
+    def check_cam(self, method: str, target_layer: str | None) -> None:
+        """Refuse (ValueError) a CAM method or layer this model cannot compute, before any image is sent."""
+        build_cam(method, self.net, target_layer=target_layer)
+
     def explain_batch(
         self,
         images: Sequence[ImageLike],
@@ -182,7 +203,20 @@ class InferenceModel:
         layers run their own pass. Without a target class each map explains the image's decision.
         """
         prepared = [self.prepare(image) for image in images]
-        batch = torch.stack([p.tensor for p in prepared])
+        probs, raw, targets = self.class_grids(
+            torch.stack([p.tensor for p in prepared]), target_class, method, **cam_options
+        )
+        finish = {k: cam_options.get(k, v) for k, v in FINISH_DEFAULTS.items()}
+        maps = [
+            postprocess(raw[i : i + 1], p.original_size, **finish)[0].cpu().numpy()
+            for i, p in enumerate(prepared)
+        ]
+        return Explanation(probs.cpu(), raw.float().cpu(), maps, targets.cpu())
+
+    def class_grids(
+        self, batch: torch.Tensor, target_class: TargetClass, method: str, **cam_options
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities, raw B x h x w grids, target per image) of a batch: the step a backend overrides."""
         features, logits = self.forward(batch)
         probs = self.operating_point.probabilities(logits)
         cam = build_cam(method, self.net, **cam_options)
@@ -191,8 +225,7 @@ class InferenceModel:
         if raw is None:
             with torch.inference_mode(False), torch.enable_grad():
                 raw, _, _ = cam.raw_maps(batch.to(self.device), targets)
-        maps = [cam.finish(raw[i : i + 1], p.original_size)[0].cpu().numpy() for i, p in enumerate(prepared)]
-        return Explanation(probs.cpu(), raw.float().cpu(), maps, targets.cpu())
+        return probs, raw, targets
 
     def explain_with_probs(
         self,

@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from omegaconf import DictConfig, OmegaConf
 from starlette.concurrency import run_in_threadpool
 
+from pneumonia_cam.inference.backends import load_model
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.serving import schemas
 from pneumonia_cam.serving.batcher import DynamicBatcher, QueueFull
@@ -78,8 +79,9 @@ class ModelServer:
         """Load the weights (unless given), start the batcher, run one warm-up inference (off the loop)."""
         try:
             if self.model is None:
-                self.model = InferenceModel.from_config(self.cfg)
+                self.model = load_model(self.cfg)
             self.model.to(self.cfg.get("device", "cpu"))
+            self.model.check_cam(CamMethod.cam.value, self.cfg.cam.target_layer)
             self.engine = InferenceEngine(self.model, self.cfg.cam, self.limits)
             batching = self.cfg.batching
             self.batcher = DynamicBatcher(
@@ -107,6 +109,14 @@ class ModelServer:
                 422, f"target_class {target_class} is not an index into {list(self.model.class_names)}"
             )
         return target_class
+
+    def cam_key(self, method: str, target_class: int | None) -> CamKey:
+        """A request's CAM settings, or a 422 for a method this model cannot compute."""
+        try:
+            self.model.check_cam(method, self.cfg.cam.target_layer)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from error
+        return CamKey(method, self.check_target(target_class))
 
     async def run(self, data: bytes, key: CamKey | None, original: bool) -> dict[str, Any]:
         """Decode in a thread, predict in the batcher, encode in a thread: one image's JSON answer."""
@@ -184,7 +194,8 @@ class ModelServer:
             "class_names": list(self.model.class_names),
             "operating_point": self.model.operating_point.as_dict(),
             "model": self.model.info.as_dict(),
-            "precision": self.model.predictor.precision,
+            "backend": self.model.backend,
+            "precision": self.model.precision,
             "compile": bool(self.cfg.get("compile", False)),
             "device": str(self.model.device),
             "batching": {
@@ -288,7 +299,7 @@ def create_app(cfg: DictConfig, model: InferenceModel | None = None) -> FastAPI:
     ) -> dict:
         """Label and probabilities for one image; with cam=true its class activation map as PNGs and grid."""
         target = server.check_target(target_class)
-        key = CamKey(method.value, target) if cam else None
+        key = server.cam_key(method.value, target) if cam else None
         try:
             return await server.run(await file.read(), key, original)
         except InputError as error:
@@ -308,7 +319,7 @@ def create_app(cfg: DictConfig, model: InferenceModel | None = None) -> FastAPI:
         target_class: TargetClass = None,
     ) -> Response:
         """The CAM overlay at the original resolution as a PNG; label and P(positive) in headers."""
-        key = CamKey(method.value, server.check_target(target_class))
+        key = server.cam_key(method.value, target_class)
         try:
             body = await server.run(await file.read(), key, original=False)
         except InputError as error:
@@ -340,7 +351,7 @@ def create_app(cfg: DictConfig, model: InferenceModel | None = None) -> FastAPI:
         """One result per file, in order; a bad file gets its own error and never fails the others."""
         if len(files) > server.limits.max_files:
             raise HTTPException(413, f"{len(files)} files; at most {server.limits.max_files} per request")
-        key = CamKey(method.value, server.check_target(target_class)) if cam else None
+        key = server.cam_key(method.value, target_class) if cam else None
 
         async def one(index: int, upload: UploadFile) -> dict:
             try:

@@ -166,6 +166,7 @@ class ModelDescription(BaseModel):
     class_names: list[str]
     operating_point: OperatingPointOut
     model: ModelInfoOut
+    backend: Literal["torch", "onnxruntime"]
     precision: str
     compile: bool
     device: str
