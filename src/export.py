@@ -4,6 +4,8 @@ Writes the file and its metadata sidecar, then runs it in ONNX Runtime beside Py
 refuses the result (exit 1) when logits or decisions differ beyond rtol 1e-3 / atol 1e-4.
 """
 
+from pathlib import Path
+
 import rootutils
 
 rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
@@ -13,7 +15,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from pneumonia_cam.inference.export import check_exportable, export_onnx  # noqa: E402
+from pneumonia_cam.data.inputs import list_inputs  # noqa: E402
+from pneumonia_cam.inference.export import check_exportable, export_onnx, quantize_int8  # noqa: E402
 from pneumonia_cam.inference.model import InferenceModel  # noqa: E402
 from pneumonia_cam.runtime.onnx import OnnxModel  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, task_wrapper  # noqa: E402
@@ -31,6 +34,27 @@ def check_parity(model: InferenceModel, exported: OnnxModel, n: int, seed: int =
     return float(np.abs(got - expected).max())
 
 
+def quantize(model: InferenceModel, path: Path, cfg: DictConfig) -> dict:
+    """The int8 copy beside `path`, refused when its probabilities on the calibration images stray too far."""
+    if cfg.quantize != "int8":
+        raise ValueError(f"quantize={cfg.quantize!r}; the only option is int8 (or null)")
+    if cfg.calibration is None:
+        raise ValueError("quantize=int8 needs calibration=<folder, image or CSV of training images>")
+    images = list_inputs(cfg.calibration)[: cfg.calibration_count]
+    output = quantize_int8(path, images, path.with_suffix(".int8.onnx"))
+    quantized = OnnxModel(output)
+    expected = model.predict_proba(torch.stack([model.prepare(image).tensor for image in images])).numpy()
+    got = quantized.predict_proba(np.stack([quantized.prepare(image)[0] for image in images]))
+    diff = float(np.abs(got - expected).max())
+    if diff > cfg.max_prob_diff:
+        output.unlink()
+        raise ValueError(
+            f"int8 copy refused: max |dP| {diff:.4f} on {len(images)} calibration images"
+            f" > max_prob_diff={cfg.max_prob_diff}"
+        )
+    return {"int8_output": str(output), "int8_max_abs_prob_diff": diff, "calibration_images": len(images)}
+
+
 @task_wrapper
 def export(cfg: DictConfig) -> tuple[dict, dict]:
     """Load, check what can be exported, write, reload in ONNX Runtime and compare."""
@@ -40,6 +64,8 @@ def export(cfg: DictConfig) -> tuple[dict, dict]:
     result = {"output": str(path), "metadata": f"{path}.json"}
     if cfg.check_images:
         result["max_abs_logit_diff"] = check_parity(model, OnnxModel(path), cfg.check_images)
+    if cfg.quantize is not None:
+        result.update(quantize(model, path, cfg))
     log.info(f"Exported {cfg.ckpt_path} -> {path} ({result})")
     return result, {"cfg": cfg, "model": model}
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -123,24 +124,44 @@ def test_runtime_imports_no_torch(smoke_checkpoint, tmp_path):
     assert result.stdout.split()[:2] == [label, str(round(probability, 6))]
 
 
+def synthetic_pngs(folder: Path, n: int, seed: int) -> Path:
+    """n grey PNGs like the smoke model's data (a bright blob on noise) in `folder`."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image = rng.integers(0, 60, (96, 80), dtype=np.uint8)
+        if i % 2:
+            cv2.circle(image, (int(rng.integers(20, 60)), int(rng.integers(20, 76))), 15, 230, -1)
+        cv2.imwrite(str(folder / f"{i:02d}.png"), image)
+    return folder
+
+
 @pytest.mark.slow
-def test_export_cli(smoke_checkpoint, tmp_path):
-    result = run_entry_point(
+def test_export_cli_with_int8_copy(smoke_checkpoint, tmp_path):
+    """fp32 file + sidecar, and a calibrated int8 copy within |dP| 0.02 of PyTorch on images it never saw."""
+    calibration = synthetic_pngs(tmp_path / "calibration", 16, seed=0)
+    out = tmp_path / "out" / "model.onnx"
+    common = [f"ckpt_path={smoke_checkpoint}", f"output={out}", f"hydra.run.dir={tmp_path}", "quantize=int8"]
+    result = run_entry_point("export.py", [*common, f"calibration={calibration}"], timeout=300)
+    assert_ok(result)
+    assert out.stat().st_size > 1000
+    assert json.loads(out.with_suffix(".onnx.json").read_text())["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert "max_abs_logit_diff" in result.stdout + result.stderr
+    quantized = OnnxModel(out.with_suffix(".int8.onnx"))
+    assert quantized.metadata["quantization"]["calibration_images"] == 16
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(quantized.path)).graph.node)
+    model = InferenceModel.from_checkpoint(smoke_checkpoint)
+    unseen = sorted(synthetic_pngs(tmp_path / "unseen", 8, seed=1).glob("*.png"))
+    expected = model.predict_proba(torch.stack([model.prepare(p).tensor for p in unseen])).numpy()
+    got = quantized.predict_proba(np.stack([quantized.prepare(p)[0] for p in unseen]))
+    assert np.abs(got - expected).max() <= 0.02
+    refused = run_entry_point(
         "export.py",
-        [
-            f"ckpt_path={smoke_checkpoint}",
-            f"output={tmp_path / 'out' / 'model.onnx'}",
-            f"hydra.run.dir={tmp_path}",
-        ],
+        [*common, f"calibration={calibration}", "max_prob_diff=0", "check_images=0"],
         timeout=300,
     )
-    assert_ok(result)
-    assert (tmp_path / "out" / "model.onnx").stat().st_size > 1000
-    assert json.loads((tmp_path / "out" / "model.onnx.json").read_text())["class_names"] == [
-        "NORMAL",
-        "PNEUMONIA",
-    ]
-    assert "max_abs_logit_diff" in result.stdout + result.stderr
+    assert refused.returncode != 0 and "int8 copy refused" in refused.stderr
+    assert not out.with_suffix(".int8.onnx").exists()
 
 
 def test_onnx_backend_keeps_the_operating_point_and_refuses_torch_options(smoke_checkpoint, tmp_path):

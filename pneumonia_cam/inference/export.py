@@ -161,3 +161,56 @@ def export_onnx(model: InferenceModel, output: str | os.PathLike, opset: int = O
     onnx.save(proto, str(output))
     output.with_suffix(output.suffix + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
     return output
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader: one prepared image per call."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next {"image": 1 x 3 x H x W} feed, None when done."""
+        batch = next(self.batches, None)
+        return None if batch is None else {"image": batch}
+
+
+def quantize_int8(path: str | os.PathLike, images: list[Path], output: str | os.PathLike) -> Path:
+    """A static int8 (QDQ, per-channel weights) copy of an exported file, calibrated on `images`.
+
+    The inputs go through the file's own preprocessing; the metadata is carried over with the calibration
+    recorded, so OnnxModel and the server load the result like the fp32 file.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from pneumonia_cam.runtime.onnx import OnnxModel
+
+    source, output = Path(path), Path(output)
+    runtime = OnnxModel(source, threads=1)
+    feeds = [runtime.prepare(image)[0][None] for image in images]
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(feeds)
+    staged = output.with_suffix(".pre.onnx")
+    quant_pre_process(str(source), str(staged))
+    quantize_static(
+        str(staged),
+        str(output),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    staged.unlink()
+    metadata = {
+        **runtime.metadata,
+        "quantization": {"type": "int8 static QDQ, per-channel weights", "calibration_images": len(images)},
+    }
+    proto = onnx.load(str(output))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(proto, str(output))
+    output.with_suffix(output.suffix + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return output
