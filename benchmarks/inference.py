@@ -1,27 +1,35 @@
-"""ResNet inference throughput and latency: torchvision eager fp32 vs this project's batched predictor.
+"""ResNet inference throughput and latency: every inference path of the project beside torchvision eager fp32.
 
-    python benchmarks/inference.py                         # ResNet-152, batch 1 and 32
+    python benchmarks/inference.py                         # ResNet-152, batch 1 and 32, 2 threads
     python benchmarks/inference.py --iters 3 --no-compile  # quicker
 
-Both models hold the same random weights and see the same real, eval-transformed images; the predictor
-variants are fp32 channels_last, bf16 autocast (+ channels_last) and bf16 compiled. Latencies are per batch
-call (p50/p95 over --iters timed calls after warm-up); images/s = batch size / mean latency.
+All models hold the same random weights and see the same real, eval-transformed images. Paths: the predictor
+in fp32 channels_last, bf16 autocast (+ channels_last) and bf16 compiled; the ONNX file src/export.py writes,
+in ONNX Runtime fp32 and as its calibrated int8 copy (calibrated on training images, timed on test images).
+Threads are pinned (torch intra-op = ORT intra-op = --threads, one inter-op thread, ORT spinning off) and
+reported. Latencies are per batch call (p50/p95 over --iters timed calls after warm-up); images/s = batch
+size / mean latency; speedup_vs_eager and speedup_vs_ort divide by torchvision eager fp32 and ORT fp32.
 """
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from common import emit, kermany_sample, machine
+from common import emit, kermany_sample, machine, reference_checkpoint
 from torchvision import models
 
 from pneumonia_cam.data.preprocessor import ImagePreprocessor
 from pneumonia_cam.data.transforms import XrayTransforms
+from pneumonia_cam.inference.export import export_onnx, quantize_int8
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.classifier import PneumoniaClassifier
+from pneumonia_cam.runtime.onnx import OnnxModel
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+MAX_PROB_DIFF = 0.02  # a path counts towards the targets only within this |dP| of eager fp32
 
 
 def eval_images(n: int, size: int) -> torch.Tensor:
@@ -62,10 +70,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--calibration", type=int, default=16, help="training images calibrating int8")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--out", default="benchmarks/results/inference.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
 
     torch.manual_seed(0)
     reference = models.get_model(args.backbone, weights=None, num_classes=2).eval().to(device)
@@ -99,6 +111,10 @@ def main() -> None:
             InferenceModel(model.net, CLASS_NAMES).to(device).configure(precision, compile).predict_proba
         )
 
+    workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    for name, runtime in onnx_paths(ours, args, workdir).items():
+        variants[name] = lambda batch, runtime=runtime: torch.from_numpy(runtime.predict_proba(batch.numpy()))
+
     results = {}
     for batch_size in args.batch_sizes:
         batch = images[:batch_size]
@@ -116,11 +132,54 @@ def main() -> None:
                 "total_s_incl_warmup": round(time.perf_counter() - start, 1),
             }
         eager_rate = results[f"torchvision_eager_fp32@{batch_size}"]["images_per_s"]
+        ort_rate = results[f"onnxruntime_fp32@{batch_size}"]["images_per_s"]
         for name in variants:
-            results[f"{name}@{batch_size}"]["speedup_vs_eager"] = round(
-                results[f"{name}@{batch_size}"]["images_per_s"] / eager_rate, 2
-            )
-    emit({"benchmark": "inference", "settings": vars(args), "machine": machine(), **results}, args.out)
+            row = results[f"{name}@{batch_size}"]
+            row["speedup_vs_eager"] = round(row["images_per_s"] / eager_rate, 2)
+            row["speedup_vs_ort"] = round(row["images_per_s"] / ort_rate, 2)
+    threads = {
+        "torch_intra_op": torch.get_num_threads(),
+        "torch_inter_op": torch.get_num_interop_threads(),
+        "ort_intra_op": args.threads,
+        "ort_inter_op": 1,
+        "ort_spinning": False,
+    }
+    header = {"benchmark": "inference", "settings": vars(args), "machine": machine(), "threads": threads}
+    emit({**header, "targets": targets(results, args.batch_sizes), **results}, args.out)
+
+
+def onnx_paths(ours: PneumoniaClassifier, args: argparse.Namespace, workdir: Path) -> dict[str, OnnxModel]:
+    """The model exported as src/export.py does (same weights), in ONNX Runtime fp32 and calibrated int8."""
+    checkpoint = reference_checkpoint(workdir / "reference.ckpt", args.backbone, args.image_size)
+    model = InferenceModel.from_checkpoint(checkpoint)
+    model.net.load_state_dict(ours.net.state_dict())
+    fp32 = export_onnx(model, workdir / "model.onnx")
+    calibration = [path for path, _ in kermany_sample(args.calibration, "train")]
+    int8 = quantize_int8(fp32, calibration, workdir / "model.int8.onnx")
+    return {
+        name: OnnxModel(path, args.threads)
+        for name, path in (("onnxruntime_fp32", fp32), ("onnxruntime_int8", int8))
+    }
+
+
+def targets(results: dict, batch_sizes: list[int]) -> dict:
+    """The project's fastest path within MAX_PROB_DIFF per batch size; its ratios to eager and ORT fp32."""
+    out = {}
+    for batch_size in batch_sizes:
+        rows = {
+            key.split("@")[0]: row
+            for key, row in results.items()
+            if key.endswith(f"@{batch_size}")
+            and not key.startswith("torchvision_eager")
+            and row["max_abs_prob_diff_vs_eager_fp32"] <= MAX_PROB_DIFF
+        }
+        name = max(rows, key=lambda n: rows[n]["images_per_s"])
+        out[f"fastest@{batch_size}"] = {
+            "path": name,
+            "speedup_vs_eager": rows[name]["speedup_vs_eager"],
+            "speedup_vs_ort": rows[name]["speedup_vs_ort"],
+        }
+    return out
 
 
 if __name__ == "__main__":
