@@ -34,12 +34,41 @@ def machine() -> dict:
     import torch
 
     return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags that decide which fp32 / bf16 / int8 kernels run (Linux)."""
+    info = Path("/proc/cpuinfo")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    flags = (
+        next(
+            (
+                line.split(":", 1)[1].split()
+                for line in info.read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
+        if info.exists()
+        else []
+    )
+    return [flag for flag in wanted if flag in flags]
 
 
 def emit(result: dict, out: str | None) -> None:

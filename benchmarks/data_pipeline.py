@@ -56,9 +56,9 @@ def images_per_s(
     )
     start = time.perf_counter()
     for _ in range(args.epochs):
-        for images, _labels in loader:
+        for images, labels in loader:
             if stage is not None:
-                stage(images)
+                stage(images, labels)
     return round(len(dataset) * args.epochs / (time.perf_counter() - start), 1)
 
 

@@ -14,22 +14,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from lightning import LightningDataModule, Trainer  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from pneumonia_cam.data.image_io import read_header  # noqa: E402
 from pneumonia_cam.evaluation import pipeline  # noqa: E402
 from pneumonia_cam.evaluation.operating_point import json_ready, save_operating_point  # noqa: E402
 from pneumonia_cam.evaluation.publish import publish  # noqa: E402
+from pneumonia_cam.inference.ensemble import check_members  # noqa: E402
 from pneumonia_cam.inference.localisation import cam_localisation  # noqa: E402
 from pneumonia_cam.inference.model import InferenceModel, PredictionModule  # noqa: E402
+from pneumonia_cam.inference.shortcut import cam_border_mass  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
 from pneumonia_cam.utils.logging_utils import link_checkpoints  # noqa: E402
 from pneumonia_cam.utils.run_config import load_run_config, training_split_sha256  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
-
-# what ensemble members must share with ckpt_path's run: the pixels they see and the images they trained on
-SHARED_DATA_KEYS = ("data_dir", "seed", "fractions", "folds", "fold", "image_size", "transforms")
 
 
 def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
@@ -49,26 +48,10 @@ def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
     return data_cfg
 
 
-def check_ensemble(train_cfg: DictConfig, members: list[str]) -> None:
-    """Refuse members trained on another pipeline or split (their val images could be training images)."""
-    for ckpt in members:
-        data = load_run_config(ckpt).data
-        differs = [
-            key
-            for key in SHARED_DATA_KEYS
-            if OmegaConf.select(data, key) != OmegaConf.select(train_cfg.data, key)
-        ]
-        if differs:
-            raise ValueError(
-                f"ensemble member {ckpt} was trained with other data settings than ckpt_path: "
-                f"data.{differs} differ; an ensemble needs one pre-processing and one split"
-            )
-
-
-def load_model(ckpt_path: str) -> InferenceModel:
-    """A checkpoint's inference model (fp32); eval chooses its own operating point, so none is loaded."""
+def load_model(ckpt_path: str, tta_views: list[str]) -> InferenceModel:
+    """A checkpoint's inference model (fp32, the configured TTA); eval chooses its own operating point."""
     log.info(f"Loading {ckpt_path}")
-    return InferenceModel.from_checkpoint(ckpt_path, operating_point="default")
+    return InferenceModel.from_checkpoint(ckpt_path, operating_point="default").with_tta(tta_views)
 
 
 def predict_splits(
@@ -134,6 +117,22 @@ def localise(
     return result
 
 
+def shortcut_check(cfg: DictConfig, model: InferenceModel, datamodule: LightningDataModule) -> dict | None:
+    """CAM mass in the image border vs the centre over the test split, when shortcut.enabled."""
+    if not cfg.shortcut.enabled:
+        return None
+    labels = pipeline.label_map(datamodule.class_names, model.class_names)
+    records = datamodule.data_test.records
+    test = records.assign(label=labels[records["label"].to_numpy(dtype=np.int64)])
+    settings = {**cfg.shortcut, **{key: cfg.bootstrap[key] for key in ("n_resamples", "confidence", "seed")}}
+    result = cam_border_mass(model, test, settings)
+    log.info(
+        f"CAM mass in the outer {result['border']:.0%} band: {result['border_share']['value']:.3f} "
+        f"({result['ratio_to_uniform']:.2f}x a uniform map's {result['uniform_share']:.3f})"
+    )
+    return result
+
+
 def image_sizes(datamodule: LightningDataModule, paths: pd.Series) -> dict[str, tuple[int, int]]:
     """(height, width) of each image: from the data module's scan when it ran, else from the file header."""
     facts = datamodule.image_facts
@@ -152,14 +151,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     train_cfg = load_run_config(cfg.ckpt_path)
     members = [str(path) for path in cfg.get("ensemble") or []]
-    check_ensemble(train_cfg, members)
+    check_members(cfg.ckpt_path, members)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     data_cfg = resolve_data_config(cfg, train_cfg)
     log.info(f"Instantiating datamodule <{data_cfg._target_}>")
     datamodule: LightningDataModule = hydra.utils.instantiate(data_cfg)
-    model = load_model(cfg.ckpt_path)
+    model = load_model(cfg.ckpt_path, list(cfg.tta.views))
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger)
     object_dict = {"cfg": cfg, "datamodule": datamodule, "model": model, "logger": logger, "trainer": trainer}
@@ -169,7 +168,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info(f"Predicting the test and validation splits with {1 + len(members)} model(s)")
     parts = [predict_splits(trainer, model, datamodule)]
-    parts += [predict_splits(trainer, load_model(ckpt), datamodule) for ckpt in members]
+    parts += [predict_splits(trainer, load_model(ckpt, list(cfg.tta.views)), datamodule) for ckpt in members]
     test_predictions = pipeline.average_predictions([test for test, _ in parts])
     val_predictions = None if parts[0][1] is None else pipeline.average_predictions([val for _, val in parts])
     point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
@@ -194,6 +193,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     localisation = localise(cfg, model, datamodule, out_dir)
     if localisation is not None:
         summary["localisation"] = localisation
+    shortcut = shortcut_check(cfg, model, datamodule)
+    if shortcut is not None:
+        summary["shortcut"] = shortcut
     plots = pipeline.write_plots(table, point["threshold"], class_names, out_dir)
     report = pipeline.write_report(summary, plots, out_dir)
     metrics_path = out_dir / cfg.metrics_file

@@ -59,6 +59,7 @@ def quantize(model: InferenceModel, path: Path, cfg: DictConfig) -> dict:
 def export(cfg: DictConfig) -> tuple[dict, dict]:
     """Load, check what can be exported, write, reload in ONNX Runtime and compare."""
     model = InferenceModel.from_checkpoint(cfg.ckpt_path, operating_point=cfg.operating_point)
+    model.with_tta(list(cfg.tta.views))  # the views become part of the graph
     check_exportable(model, cfg.format, cfg.opset)  # the CLI picks the format; export_onnx re-checks onnx
     path = export_onnx(model, cfg.output, cfg.opset)
     result = {"output": str(path), "metadata": f"{path}.json"}

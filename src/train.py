@@ -25,6 +25,7 @@ from pneumonia_cam.utils import (  # noqa: E402
     log_hyperparameters,
     task_wrapper,
 )
+from pneumonia_cam.utils.reproducible import apply_reproducible  # noqa: E402
 from pneumonia_cam.utils.run_config import RunConfigInCheckpoint  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
@@ -42,6 +43,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the model, then test the best checkpoint; return the metrics and the built objects."""
+    apply_reproducible(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

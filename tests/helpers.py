@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -35,3 +36,13 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, (
         f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-4000:]}\nSTDERR:\n{result.stderr[-6000:]}"
     )
+
+
+def perturbed_copy(ckpt: Path, out: Path, data_seed: int | None = None) -> Path:
+    """Another model of the same run: head weights shifted (and optionally the stored data seed changed)."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["net.head.fc.bias"] += torch.tensor([0.8, -0.8])
+    if data_seed is not None:
+        checkpoint["run_config"]["data"]["seed"] = data_seed
+    torch.save(checkpoint, out)
+    return out

@@ -1,5 +1,7 @@
 """Batch augmentation (data.batch_augment): same geometry as albumentations, exact normalisation, wiring."""
 
+from pathlib import Path
+
 import albumentations as A
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ from helpers import compose_config
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from pneumonia_cam.data.batch_augment import BatchAugment, BatchNormalize, BatchStage
+from pneumonia_cam.data.batch_augment import BatchAugment, BatchNormalize, BatchStage, MixBatch, gaussian_blur
 from pneumonia_cam.data.dataset import XrayDataset
 from pneumonia_cam.data.image_io import read_grayscale
 from src.train import train
@@ -100,11 +102,13 @@ def test_batch_normalize_refuses_steps_it_cannot_fuse():
 def test_stage_is_seeded_and_wants_uint8():
     """The same seed gives the same augmented batch; float input is refused (it would be normalised twice)."""
     images = torch.randint(0, 256, (8, 1, 24, 24), dtype=torch.uint8)
-    first, second = (BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images) for _ in range(2))
+    labels = torch.arange(8) % 2
+    first, second = (BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images, labels)[0] for _ in range(2))
     assert torch.equal(first, second)
-    assert not torch.equal(first, BatchStage(BatchAugment(), POSTPROCESS, seed=4)(images))
+    assert not torch.equal(first, BatchStage(BatchAugment(), POSTPROCESS, seed=4)(images, labels)[0])
+    assert BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images, labels)[1] is labels  # no mixing
     with pytest.raises(TypeError, match="uint8"):
-        BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images.float())
+        BatchStage(BatchAugment(), POSTPROCESS, seed=3)(images.float(), labels)
 
 
 def test_bad_ranges_are_refused():
@@ -171,3 +175,71 @@ def test_smoke_training_with_the_batch_stage(cfg_train):
     assert objects["datamodule"].batch_stage is not None
     assert objects["trainer"].global_step == 1
     assert torch.isfinite(metrics["train/loss"])
+
+
+def test_mixup_targets_match_the_pixels():
+    """Each mixed image is lambda x itself + (1 - lambda) x its mirror in the batch, and so is its target."""
+    images = torch.rand(6, 1, 8, 8) * 255
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    mixed, targets = MixBatch(mixup_alpha=0.4)(images, labels, 2, torch.Generator().manual_seed(0))
+    lam = float(targets[2, 1])  # image 2 is PNEUMONIA and its mirror (image 3) NORMAL
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
+    torch.testing.assert_close(targets.sum(1), torch.ones(6))
+    onehot = torch.nn.functional.one_hot(labels, 2).float()
+    torch.testing.assert_close(targets, lam * onehot + (1 - lam) * onehot.flip(0))
+
+
+def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
+    images = torch.zeros(4, 1, 20, 20)
+    images[2:] = 255.0  # images 0-1 black, 2-3 white: the pasted box shows where the mirror's pixels went
+    labels = torch.tensor([0, 0, 1, 1])
+    mixed, targets = MixBatch(cutmix_alpha=1.0)(images, labels, 2, torch.Generator().manual_seed(1))
+    pasted = (mixed[0, 0] == 255.0).float().mean()
+    assert 0 < pasted < 1
+    torch.testing.assert_close(targets[0], torch.tensor([1 - pasted, pasted]))
+
+
+def test_mix_is_wired_through_the_datamodule_and_the_loss(cfg_train):
+    """data/mix=cutmix with the batch stage: soft targets reach the loss and training runs."""
+    cfg_train = compose_config(
+        "train.yaml",
+        [
+            "experiment=smoke",
+            "data/batch_augment=xray",
+            "data/mix=cutmix",
+            "data.transforms.augment=[]",
+            "trainer.max_epochs=1",
+            "test=false",
+            f"paths.data_dir={cfg_train.paths.data_dir}",
+            f"paths.output_dir={cfg_train.paths.output_dir}",
+            "extras.print_config=false",
+            "extras.enforce_tags=false",
+            "callbacks.rich_progress_bar=null",
+        ],
+    )
+    HydraConfig().set_config(cfg_train)
+    metrics, objects = train(cfg_train)
+    datamodule = objects["datamodule"]
+    images, labels = next(iter(datamodule.train_dataloader()))
+    _, targets = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert targets.shape == (len(labels), 2) and targets.dtype == torch.float32
+    assert torch.isfinite(metrics["train/loss"])
+    with pytest.raises(ValueError, match="batch stage"):
+        folder_datamodule(Path(cfg_train.paths.output_dir), mix=MixBatch(mixup_alpha=0.2))
+
+
+def test_exposure_steps_by_hand():
+    """Gamma, blur and noise each do what they say when forced on, and draw nothing when off."""
+    image = torch.linspace(0, 255, 64).view(1, 1, 8, 8).repeat(2, 1, 1, 1)
+    gamma = BatchAugment(affine_p=0, intensity_p=0, gamma=(2.0, 2.0), gamma_p=1.0)
+    torch.testing.assert_close(gamma(image), 255.0 * (image / 255.0) ** 2)
+    flat = torch.full((1, 1, 9, 9), 100.0)
+    flat[..., 4, 4] = 200.0
+    blurred = gaussian_blur(flat[0], 1.0)
+    assert blurred.sum() == pytest.approx(flat.sum(), rel=1e-5) and blurred.max() < 200.0
+    noisy = BatchAugment(affine_p=0, intensity_p=0, noise_std=0.05, noise_p=1.0)(flat.repeat(4, 1, 1, 1))
+    assert not torch.equal(noisy, flat.repeat(4, 1, 1, 1)) and (noisy - 100).abs().max() < 255
+    a, b = (torch.Generator().manual_seed(5) for _ in range(2))
+    plain = BatchAugment()(image, a)
+    with_disabled_steps = BatchAugment(gamma=(0.5, 2.0), blur_sigma=(0.5, 1.0), noise_std=0.1)(image, b)
+    assert torch.equal(plain, with_disabled_steps) and torch.equal(a.get_state(), b.get_state())

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import KERMANY, assert_ok, compose_config, run_entry_point
+from helpers import KERMANY, assert_ok, compose_config, perturbed_copy, run_entry_point
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
@@ -189,16 +189,6 @@ def test_eval_on_cached_features_matches_eval_on_images(cfg_train, cfg_eval, tmp
     cached = pd.read_csv(tmp_path / "cached" / "predictions.csv")
     assert (images["path"] == cached["path"]).all()
     np.testing.assert_allclose(images["probability"], cached["probability"], atol=1e-4)
-
-
-def perturbed_copy(ckpt: Path, out: Path, data_seed: int | None = None) -> Path:
-    """Another model of the same run: head weights shifted (and optionally the stored data seed changed)."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    checkpoint["state_dict"]["net.head.fc.bias"] += torch.tensor([0.8, -0.8])
-    if data_seed is not None:
-        checkpoint["run_config"]["data"]["seed"] = data_seed
-    torch.save(checkpoint, out)
-    return out
 
 
 def eval_probabilities(cfg_eval, tmp_path: Path, name: str, ckpt: Path, ensemble=(), **point) -> pd.DataFrame:

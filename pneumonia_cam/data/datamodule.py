@@ -30,7 +30,7 @@ from pneumonia_cam.data.balance import (
     sampling_weights,
     undersample,
 )
-from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage
+from pneumonia_cam.data.batch_augment import BatchAugment, BatchStage, MixBatch
 from pneumonia_cam.data.checks import (
     DUPLICATE_POLICIES,
     HASH_SIDE,
@@ -88,6 +88,7 @@ class ChestXrayDataModule(LightningDataModule):
         image_cache: dict | None = None,
         feature_cache: dict | None = None,
         batch_augment: BatchAugment | None = None,
+        mix: MixBatch | None = None,
         dicom: dict | None = None,
         views: Sequence[str] | None = None,
     ) -> None:
@@ -107,12 +108,14 @@ class ChestXrayDataModule(LightningDataModule):
         scan_cache = None if scan_cache is None else str(scan_cache)
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
             raise ValueError(f"cross-validation needs folds >= 2 and 0 <= fold < folds, got {folds=} {fold=}")
+        if mix is not None and batch_augment is None:
+            raise ValueError("data.mix (Mixup / CutMix) runs in the batch stage: set data/batch_augment too")
         if batch_augment is not None and feature_cache["enabled"]:
             raise ValueError(
                 "data.batch_augment and data.feature_cache exclude each other: the feature cache augments "
                 "per image (data.transforms.augment) before the backbone; drop one of them"
             )
-        self.save_hyperparameters(logger=False, ignore=["source", "transforms", "batch_augment"])
+        self.save_hyperparameters(logger=False, ignore=["source", "transforms", "batch_augment", "mix"])
 
         self.source = source(data_dir)
         self.source.dicom = DicomPolicy(**dicom)
@@ -134,6 +137,7 @@ class ChestXrayDataModule(LightningDataModule):
         self._encoder: FeatureEncoder | None = None  # from the LightningModule: `feature_encoder(precision)`
         self._features: dict[str, FeatureDataset] = {}
         self.batch_augment = batch_augment
+        self.mix = mix
         self.batch_stage: BatchStage | None = None
         self.image_facts: pd.DataFrame | None = None  # the image scan: problem, size, bits, dHash per path
         self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored mid-epoch checkpoint
@@ -254,15 +258,15 @@ class ChestXrayDataModule(LightningDataModule):
         """With data.batch_augment, finish each uint8 train batch (augment + normalise) on its device."""
         if self.batch_stage is None or self.trainer is None or not self.trainer.training:
             return batch
-        images, labels = batch
-        return self.batch_stage(images), labels
+        return self.batch_stage(*batch)
 
     def _batch_stage(self) -> BatchStage | None:
         """The batch stage of data.batch_augment, seeded per DDP rank so ranks augment differently."""
         if self.batch_augment is None:
             return None
         rank = 0 if self.trainer is None else self.trainer.global_rank
-        return BatchStage(self.batch_augment, self.transforms.postprocess, self.hparams.seed + rank)
+        seed = self.hparams.seed + rank
+        return BatchStage(self.batch_augment, self.transforms.postprocess, seed, self.mix, self.num_classes)
 
     def _pixel_pipeline(self, paths: list[str]) -> tuple[Callable[[str], np.ndarray], A.Compose, A.Compose]:
         """Reader and train/eval transforms: decode files each time, or read the pre-processed image cache."""

@@ -172,13 +172,36 @@ def write_plots(table: pd.DataFrame, threshold: float, class_names: list[str], o
     ]
 
 
+def cell(score: dict[str, float]) -> str:
+    """A value with its CI, for a report table."""
+    return f"{score['value']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
+
+
+def _shortcut_lines(result: dict[str, Any] | None) -> list[str]:
+    """The report's shortcut section: CAM mass in the border band, overall and per class, vs uniform."""
+    if result is None:
+        return []
+    parts = {"all": result, **result["per_class"]}
+    return [
+        "## Shortcut check: CAM mass in the image border",
+        "",
+        f"Outer {result['border']:.0%} of every side ({result['method']} of the decided class); "
+        f"a uniform map puts {result['uniform_share']:.3f} of its mass there (ratio 1).",
+        "",
+        "| images | n | border share | ratio to uniform |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {part['images']} | {cell(part['border_share'])} | {part['ratio_to_uniform']:.2f} |"
+            for name, part in parts.items()
+        ),
+        "",
+    ]
+
+
 def _localisation_lines(result: dict[str, Any] | None) -> list[str]:
     """The report's localisation section: CAM vs the box prior, with CIs, and the overlay figure."""
     if result is None:
         return []
-
-    def cell(score: dict[str, float]) -> str:
-        return f"{score['value']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
     return [
         "## CAM localisation",
@@ -222,6 +245,7 @@ def write_report(summary: dict[str, Any], plots: list[Path], out_dir: Path) -> P
         f"NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}",
         "",
         *_localisation_lines(summary.get("localisation")),
+        *_shortcut_lines(summary.get("shortcut")),
         "## Plots",
         "",
         *(f"![{path.stem}]({path.name})" for path in plots),

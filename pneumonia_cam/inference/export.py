@@ -22,6 +22,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import nn
 
 from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.models.combined import MeanCamHead, TTANet
 from pneumonia_cam.models.net import ClassifierHead
 from pneumonia_cam.runtime.preprocess import STEP_NAMES, Step
 
@@ -38,8 +39,7 @@ class CamGraph(nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.net.forward_features(image)
-        logits = self.net.head.logits(self.net.forward_head(maps, pre_logits=True))
+        maps, logits = self.net.features_and_logits(image)
         cam = torch.einsum("kc,bchw->bkhw", self.net.head.fc.weight, maps)
         return logits, cam
 
@@ -51,7 +51,8 @@ def check_exportable(model: InferenceModel, fmt: str, opset: int) -> None:
     if opset < OPSET:
         raise ValueError(f"opset {opset} is too old: the graph needs opset >= {OPSET}")
     head = model.net.head
-    if not isinstance(head, ClassifierHead) or not isinstance(head.pool[0], nn.AdaptiveAvgPool2d):
+    pooled_linear = isinstance(head, ClassifierHead) and isinstance(head.pool[0], nn.AdaptiveAvgPool2d)
+    if not (pooled_linear or isinstance(head, MeanCamHead)):
         raise ValueError(
             f"the CAM output needs a global-average-pool + linear head; {type(head).__name__} is not one"
         )
@@ -129,6 +130,7 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
         "outputs": {"logits": "B x K", "cam": "B x K x h x w, raw (before upsampling, ReLU and min-max)"},
         # the backbone stage whose maps the `cam` output weights (the one feeding the head)
         "cam_layer": list(model.net.features.named_children())[-1][0],
+        "tta_views": list(model.net.views) if isinstance(model.net, TTANet) else ["identity"],
         "opset": opset,
         "torch": torch.__version__,
     }

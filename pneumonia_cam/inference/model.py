@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
-from pneumonia_cam.models.cam import TargetClass, build_cam, postprocess
+from pneumonia_cam.inference.ensemble import MEMBERS_KEY, is_ensemble, load_net
+from pneumonia_cam.models.cam import CAM_METHODS, TargetClass, build_cam, postprocess
+from pneumonia_cam.models.combined import TTANet
 from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import Predictor
@@ -85,19 +87,27 @@ class InferenceModel:
     ) -> Self:
         """Network, eval transform, class names and operating point (policy auto | stored | default)."""
         run_config = load_run_config(ckpt_path)
-        module_cls = hydra.utils.get_class(run_config.model._target_)
-        # the checkpoint's weights replace the backbone's: never download ImageNet weights here
-        module = module_cls.load_from_checkpoint(
-            ckpt_path, map_location=map_location, weights_only=True, weights=None
-        )
+        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True, mmap=True)
+        if is_ensemble(checkpoint):
+            net = load_net(checkpoint, run_config.model._target_)
+            backbone = "+".join(
+                str(entry["hyper_parameters"]["backbone"]) for entry in checkpoint[MEMBERS_KEY]
+            )
+        else:
+            module_cls = hydra.utils.get_class(run_config.model._target_)
+            # the checkpoint's weights replace the backbone's: never download ImageNet weights here
+            module = module_cls.load_from_checkpoint(
+                ckpt_path, map_location=map_location, weights_only=True, weights=None
+            )
+            net, backbone = getattr(module, "inference_net", module.net), str(module.hparams.backbone)
         info = ModelInfo(
             checkpoint=str(ckpt_path),
             checkpoint_sha256=checkpoint_sha256(ckpt_path),
-            backbone=str(module.hparams.backbone),
+            backbone=backbone,
             image_size=int(run_config.data.image_size),
         )
         return cls(
-            module.net.eval(),
+            net.eval(),
             run_config.data.class_names,
             ImagePreprocessor.from_data_config(run_config.data),
             load_operating_point(ckpt_path, operating_point),
@@ -119,12 +129,20 @@ class InferenceModel:
                 source="threshold= on the command line",
             )
             log.info("Operating point: threshold %.4f from the command line", model.operating_point.threshold)
-        return model.configure(cfg.get("precision", "fp32"), cfg.get("compile", False))
+        views = cfg.get("tta", {}).get("views") or ["identity"]
+        return model.with_tta(list(views)).configure(cfg.get("precision", "fp32"), cfg.get("compile", False))
 
     @staticmethod
     def load_options(cfg: DictConfig) -> dict:
         """Backend-specific keyword arguments of `from_checkpoint` taken from an entry point's config."""
         return {}
+
+    def with_tta(self, views: Sequence[str]) -> Self:
+        """See each image through `views` (e.g. hflip): mean probabilities, CAMs mapped back and averaged."""
+        if list(views) != ["identity"]:
+            self.net = TTANet(self.net, views)
+            self.predictor = Predictor(self.net, self.net.features_and_logits)
+        return self
 
     def configure(self, precision: str = "fp32", compile: bool = False) -> Self:
         """Pick the predictor's precision (fp32 | bf16) and torch.compile; every path goes through it."""
@@ -187,7 +205,14 @@ class InferenceModel:
 
     def check_cam(self, method: str, target_layer: str | None) -> None:
         """Refuse (ValueError) a CAM method or layer this model cannot compute, before any image is sent."""
-        build_cam(method, self.net, target_layer=target_layer)
+        methods = getattr(self.net, "cam_methods", tuple(CAM_METHODS))
+        cam = build_cam(method, self.net, target_layer=target_layer) if method in CAM_METHODS else None
+        if method not in methods or cam is None or (hasattr(self.net, "cam_methods") and not cam.reuses_pass):
+            raise ValueError(
+                f"method={method!r} target_layer={target_layer!r}: this {type(self.net).__name__} offers "
+                f"{list(methods)} on the layer feeding the head (an ensemble or TTA averages the CAM of each "
+                "pass; Grad-CAM and other layers hook one network)"
+            )
 
     def explain_batch(
         self,
@@ -217,6 +242,7 @@ class InferenceModel:
         self, batch: torch.Tensor, target_class: TargetClass, method: str, **cam_options
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(probabilities, raw B x h x w grids, target per image) of a batch: the step a backend overrides."""
+        self.check_cam(method, cam_options.get("target_layer", "layer4"))
         features, logits = self.forward(batch)
         probs = self.operating_point.probabilities(logits)
         cam = build_cam(method, self.net, **cam_options)

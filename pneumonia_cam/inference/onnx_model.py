@@ -7,6 +7,7 @@ so Grad-CAM and other layers are refused by name.
 """
 
 import os
+from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
@@ -81,6 +82,15 @@ class OnnxInferenceModel(InferenceModel):
     def load_options(cfg: DictConfig) -> dict:
         """ONNX Runtime's intra-op threads from `threads` (null: torch's thread count)."""
         return {"threads": cfg.get("threads")}
+
+    def with_tta(self, views: Sequence[str]) -> Self:
+        """No views added at run time: TTA is exported into the graph (src/export.py tta=...)."""
+        if list(views) != ["identity"]:
+            raise ValueError(
+                f"backend=onnxruntime runs the graph as exported; TTA views {list(views)} belong in the file "
+                "(python src/export.py ... tta=hflip)"
+            )
+        return self
 
     def configure(self, precision: str = "fp32", compile: bool = False) -> Self:
         """Only fp32 without torch.compile: the exported graph is what runs."""

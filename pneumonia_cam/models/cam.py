@@ -113,13 +113,18 @@ class BaseCAM:
             maps = torch.einsum("bk,bkhw->bhw", weights, activations)
         return maps.detach(), logits.detach(), targets
 
+    @property
+    def reuses_pass(self) -> bool:
+        """True when the maps come from the predictor's own pass: no gradients, the layer feeding the head."""
+        stages = list(self.net.features.children())
+        return not self.needs_gradients and self.layer in (self.net.features, stages[-1])
+
     def from_features(
         self, features: torch.Tensor, logits: torch.Tensor, target_class: TargetClass = None
     ) -> torch.Tensor | None:
         """Raw maps from a pass already made (the head's input maps and the logits), or None when this
         method or layer needs a pass of its own (gradients, or a layer that does not feed the head)."""
-        stages = list(self.net.features.children())
-        if self.needs_gradients or self.layer not in (self.net.features, stages[-1]):
+        if not self.reuses_pass:
             return None
         targets = self.targets(target_class, logits)
         with torch.no_grad():

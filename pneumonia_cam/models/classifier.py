@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection, MinMetric
 
 from pneumonia_cam.data.feature_cache import FeatureEncoder
@@ -51,6 +52,7 @@ class PneumoniaClassifier(LightningModule):
         monitor_mode: str = "min",
         compile: bool = False,
         channels_last: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         # save_hyperparameters reads these locals, so they must be builtins (no OmegaConf, no modules) first.
@@ -61,11 +63,14 @@ class PneumoniaClassifier(LightningModule):
         self.save_hyperparameters()
 
         metrics = build_metrics(num_classes)
-        monitorable = ["val/loss", *(f"val/{name}" for name in metrics)]
+        stages = ["val", "val_ema"] if ema_decay is not None else ["val"]
+        monitorable = [f"{stage}/{name}" for stage in stages for name in ("loss", *metrics)]
         if monitor not in monitorable:
             raise ValueError(f"monitor must be one of {monitorable}, got {monitor!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay}")
         if monitor_mode not in ("min", "max"):
             raise ValueError(f"monitor_mode must be 'min' or 'max', got {monitor_mode!r}")
         weights_tensor = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
@@ -78,15 +83,29 @@ class PneumoniaClassifier(LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # EMA of every weight and buffer (timm's ModelEma): validated beside the raw weights, saved in the
+        # checkpoint, and what test, predict and InferenceModel use (`inference_net`)
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+            self.val_ema_metrics = metrics.clone(prefix="val_ema/")
+            self.val_ema_loss = MeanMetric()
         self.monitor_best = MinMetric() if monitor_mode == "min" else MaxMetric()
+
+    @property
+    def inference_net(self) -> ChestXrayNet:
+        """The weights to test and deploy: the EMA's when the module keeps one, else the trained ones."""
+        return self.net if self.ema is None else self.ema.module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class log-probabilities."""
         return self.net(x)
 
-    def log_probs(self, inputs: torch.Tensor) -> torch.Tensor:
+    def log_probs(self, inputs: torch.Tensor, net: ChestXrayNet | None = None) -> torch.Tensor:
         """Class log-probabilities from images (B x 3 x H x W) or from cached pooled features (B x C)."""
-        return self.net.head.from_pooled(inputs) if inputs.ndim == 2 else self(inputs)
+        net = net or self.net
+        return net.head.from_pooled(inputs) if inputs.ndim == 2 else net(inputs)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameter totals for experiment logs, so frozen vs fine-tuned runs are easy to tell apart."""
@@ -120,18 +139,24 @@ class PneumoniaClassifier(LightningModule):
         self.log_dict(counts, on_step=False, on_epoch=True, sync_dist=True)
 
     def _step(
-        self, batch: Batch, stage: str, loss_metric: MeanMetric, metrics: MetricCollection
+        self,
+        batch: Batch,
+        stage: str,
+        loss_metric: MeanMetric,
+        metrics: MetricCollection,
+        net: ChestXrayNet | None = None,
     ) -> torch.Tensor:
         """Compute the loss, update the stage's metric objects and log them for epoch-end aggregation."""
         inputs, labels = batch
         if self.hparams.channels_last and inputs.dim() == 4:  # not the feature cache's pooled B x C inputs
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        log_probs = self.log_probs(inputs)
+        log_probs = self.log_probs(inputs, net)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         # cross_entropy's log_softmax leaves log-probabilities as they are, and it knows label smoothing
+        # labels are class indices, or N x K soft targets from Mixup / CutMix (their metrics use the arg-max)
         loss = F.cross_entropy(log_probs, labels, weight=self.class_weights, label_smoothing=smoothing)
-        loss_metric.update(loss.detach(), weight=labels.numel())
-        metrics.update(metric_scores(log_probs.detach()), labels)
+        loss_metric.update(loss.detach(), weight=labels.shape[0])
+        metrics.update(metric_scores(log_probs.detach()), labels.argmax(1) if labels.ndim == 2 else labels)
         self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
@@ -140,25 +165,34 @@ class PneumoniaClassifier(LightningModule):
         """Optimise the NLL loss."""
         return self._step(batch, "train", self.train_loss, self.train_metrics)
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        """Fold the step's weights into the EMA."""
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Accumulate validation loss and metrics."""
+        """Accumulate validation loss and metrics, of the EMA weights too when kept."""
         self._step(batch, "val", self.val_loss, self.val_metrics)
+        if self.ema is not None:
+            self._step(batch, "val_ema", self.val_ema_loss, self.val_ema_metrics, self.ema.module)
 
     def on_validation_epoch_end(self) -> None:
         """Track the best monitored value (``on_train_start`` discards what the sanity check recorded)."""
-        monitored: Metric = (
-            self.val_loss if self.hparams.monitor == "val/loss" else self.val_metrics[self.hparams.monitor]
+        stage, name = self.hparams.monitor.split("/")
+        loss, metrics = (
+            (self.val_loss, self.val_metrics) if stage == "val" else (self.val_ema_loss, self.val_ema_metrics)
         )
+        monitored: Metric = loss if name == "loss" else metrics[self.hparams.monitor]
         self.monitor_best(monitored.compute())
         self.log(f"{self.hparams.monitor}_best", self.monitor_best.compute(), sync_dist=True, prog_bar=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Accumulate test loss and metrics."""
-        self._step(batch, "test", self.test_loss, self.test_metrics)
+        """Accumulate test loss and metrics (of the inference weights)."""
+        self._step(batch, "test", self.test_loss, self.test_metrics, self.inference_net)
 
     def predict_step(self, batch: Batch | torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class log-probabilities for eval; decisions belong to the operating point, not to training code."""
-        return {"log_probs": self.log_probs(_inputs(batch))}
+        return {"log_probs": self.log_probs(_inputs(batch), self.inference_net)}
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Build the configured optimizer over trainable parameters only, plus the optional scheduler."""

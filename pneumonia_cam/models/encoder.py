@@ -10,6 +10,11 @@ from pneumonia_cam.models.predictor import Predictor
 
 def require_frozen_backbone(net: ChestXrayNet) -> None:
     """Cached features are only valid while the backbone cannot change: refuse any trainable stage."""
+    if not isinstance(net, ChestXrayNet):
+        raise ValueError(
+            f"cached backbone features need one network; a {type(net).__name__} (ensemble or test-time "
+            "augmentation) runs on the images: set feature_cache=false"
+        )
     if not net.backbone_frozen:
         trainable = [name for name, _ in net.features.named_children() if name not in net._frozen_stages]
         raise ValueError(

@@ -1,0 +1,130 @@
+"""An ensemble as one checkpoint file: k members' weights, the shared run config and split, loadable anywhere.
+
+`save_ensemble` refuses members trained on another pre-processing or split (their validation images could be
+another member's training images, and the operating point is chosen there). `load_net` rebuilds the
+EnsembleNet, which eval, predict, the Python API, the server and export then treat as one model.
+"""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+
+from pneumonia_cam.models.combined import EnsembleNet
+from pneumonia_cam.utils.run_config import (
+    CONFIG_KEY,
+    SPLIT_KEY,
+    checkpoint_sha256,
+    load_run_config,
+    training_split_sha256,
+)
+
+MEMBERS_KEY = "ensemble_members"
+AVERAGED_KEY = "averaged_from"
+# data settings every member must share: one pre-processing, one split
+SHARED_DATA_KEYS = (
+    "data_dir",
+    "seed",
+    "fractions",
+    "folds",
+    "fold",
+    "image_size",
+    "transforms",
+    "class_names",
+)
+
+
+def check_members(reference: str | os.PathLike, members: Sequence[str | os.PathLike]) -> None:
+    """Refuse members trained with other data settings than `reference` (architectures may differ)."""
+    base = load_run_config(reference).data
+    for ckpt in members:
+        other = load_run_config(ckpt).data
+        differs = [
+            key for key in SHARED_DATA_KEYS if OmegaConf.select(other, key) != OmegaConf.select(base, key)
+        ]
+        if differs:
+            raise ValueError(
+                f"ensemble member {ckpt} was trained with other data settings than {reference}: "
+                f"data.{differs} differ; an ensemble needs one pre-processing and one split"
+            )
+
+
+def save_ensemble(members: Sequence[str | os.PathLike], output: str | os.PathLike) -> Path:
+    """Write one file holding every member's network weights and hyper-parameters; return its path."""
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 checkpoints, got {len(members)}")
+    check_members(members[0], members[1:])
+    splits = {training_split_sha256(ckpt) for ckpt in members}
+    if len(splits) > 1:
+        raise ValueError(f"ensemble members were trained on different splits {sorted(map(str, splits))}")
+    entries = []
+    for ckpt in members:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if MEMBERS_KEY in checkpoint:
+            raise ValueError(f"{ckpt} is itself an ensemble: pass its members")
+        prefix = "ema.module." if checkpoint["hyper_parameters"].get("ema_decay") is not None else "net."
+        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        entries.append(
+            {
+                "net": state,
+                "hyper_parameters": dict(checkpoint["hyper_parameters"]),
+                "source": str(ckpt),
+                "source_sha256": checkpoint_sha256(ckpt),
+            }
+        )
+    first = torch.load(members[0], map_location="cpu", weights_only=True)
+    bundle: dict[str, Any] = {MEMBERS_KEY: entries, CONFIG_KEY: first[CONFIG_KEY]}
+    if splits != {None}:
+        bundle[SPLIT_KEY] = splits.pop()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(bundle, output)
+    return output
+
+
+def save_average(members: Sequence[str | os.PathLike], output: str | os.PathLike) -> Path:
+    """One checkpoint whose weights are the mean of the members' (e.g. a run's last k epochs, SWA-style).
+
+    Floating-point tensors are averaged (BatchNorm statistics included); integer ones (batch counters) and
+    everything else (run config, hyper-parameters, split) come from the last member. Members must be one
+    architecture trained on one pipeline and split; averaging weights of unrelated runs is refused.
+    """
+    if len(members) < 2:
+        raise ValueError(f"averaging needs at least 2 checkpoints, got {len(members)}")
+    check_members(members[-1], members[:-1])
+    states = [torch.load(ckpt, map_location="cpu", weights_only=True) for ckpt in members]
+    keys = [set(state["state_dict"]) for state in states]
+    if any(k != keys[-1] for k in keys):
+        raise ValueError("checkpoints to average have different parameters: they are not one architecture")
+    averaged = dict(states[-1])
+    averaged["state_dict"] = {
+        key: torch.stack([state["state_dict"][key] for state in states]).mean(0)
+        if value.is_floating_point()
+        else value
+        for key, value in states[-1]["state_dict"].items()
+    }
+    averaged[AVERAGED_KEY] = [str(ckpt) for ckpt in members]
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(averaged, output)
+    return output
+
+
+def is_ensemble(checkpoint: dict[str, Any]) -> bool:
+    """Whether a loaded checkpoint is an ensemble file."""
+    return MEMBERS_KEY in checkpoint
+
+
+def load_net(checkpoint: dict[str, Any], module_target: str) -> EnsembleNet:
+    """The EnsembleNet of an ensemble file (each member rebuilt without downloading any weights)."""
+    module_cls = hydra.utils.get_class(module_target)
+    nets = []
+    for entry in checkpoint[MEMBERS_KEY]:
+        module = module_cls(**{**entry["hyper_parameters"], "weights": None, "ema_decay": None})
+        module.net.load_state_dict(entry["net"])
+        nets.append(module.net.eval())
+    return EnsembleNet(nets)
