@@ -221,7 +221,8 @@ def test_mix_is_wired_through_the_datamodule_and_the_loss(cfg_train):
     metrics, objects = train(cfg_train)
     datamodule = objects["datamodule"]
     images, labels = next(iter(datamodule.train_dataloader()))
-    _, targets = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert isinstance(datamodule.batch_stage.mix, MixBatch)
+    _, targets = datamodule.batch_stage(images, labels)
     assert targets.shape == (len(labels), 2) and targets.dtype == torch.float32
     assert torch.isfinite(metrics["train/loss"])
     with pytest.raises(ValueError, match="batch stage"):
@@ -236,7 +237,7 @@ def test_exposure_steps_by_hand():
     flat = torch.full((1, 1, 9, 9), 100.0)
     flat[..., 4, 4] = 200.0
     blurred = gaussian_blur(flat[0], 1.0)
-    assert blurred.sum() == pytest.approx(flat.sum(), rel=1e-5) and blurred.max() < 200.0
+    assert float(blurred.sum()) == pytest.approx(float(flat.sum()), rel=1e-5) and blurred.max() < 200.0
     noisy = BatchAugment(affine_p=0, intensity_p=0, noise_std=0.05, noise_p=1.0)(flat.repeat(4, 1, 1, 1))
     assert not torch.equal(noisy, flat.repeat(4, 1, 1, 1)) and (noisy - 100).abs().max() < 255
     a, b = (torch.Generator().manual_seed(5) for _ in range(2))

@@ -108,7 +108,7 @@ def test_eval_on_the_ensemble_file_equals_eval_of_its_members(ensemble_file, cfg
     path, first, second = ensemble_file
     tables = {}
     for name, ckpt, members in (("file", path, []), ("list", first, [str(second)])):
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg_eval))
+        cfg = cfg_eval
         with open_dict(cfg):
             cfg.ckpt_path, cfg.ensemble = str(ckpt), members
             cfg.paths.output_dir = str(tmp_path / name)

@@ -34,11 +34,20 @@ class MeanCamHead(nn.Module):
         self.fc.requires_grad_(False)
 
 
-class EnsembleNet(nn.Module):
-    """k networks of one architecture: mean probabilities, mean CAM (their maps must share a grid)."""
+class CombinedNet(nn.Module):
+    """What the combined nets share: CAM only, no cacheable backbone, inference-only parameter counts."""
 
     cam_methods = ("cam",)
-    backbone_frozen = False  # k backbones are not one cacheable feature extractor
+    backbone_frozen = False  # several passes are not one cacheable feature extractor
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter totals for logs (nothing trains in a combined net)."""
+        total = sum(p.numel() for p in self.parameters())
+        return {"params/total": total, "params/trainable": 0, "params/frozen": total}
+
+
+class EnsembleNet(CombinedNet):
+    """k networks of one architecture: mean probabilities, mean CAM (their maps must share a grid)."""
 
     def __init__(self, members: Sequence[ChestXrayNet]) -> None:
         super().__init__()
@@ -51,8 +60,8 @@ class EnsembleNet(nn.Module):
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's maps side by side and the log of the mean probabilities."""
         parts = [member.features_and_logits(x) for member in self.members]
-        shapes = {tuple(maps.shape[2:]) for maps, _ in parts}
-        if len(shapes) > 1:
+        shapes = {tuple(int(size) for size in maps.shape[2:]) for maps, _ in parts}
+        if len(shapes) > 1 and not torch.jit.is_tracing():
             raise ValueError(f"ensemble members give feature grids of different sizes {sorted(shapes)}")
         maps = torch.cat([maps for maps, _ in parts], dim=1)
         return maps, log_mean_softmax([logits for _, logits in parts])
@@ -67,11 +76,8 @@ def _view(x: torch.Tensor, name: str) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if name == "hflip" else x
 
 
-class TTANet(nn.Module):
+class TTANet(CombinedNet):
     """A net seen through several views: mean probabilities; maps mapped back to the image, then averaged."""
-
-    cam_methods = ("cam",)
-    backbone_frozen = False
 
     def __init__(self, net: nn.Module, views: Sequence[str]) -> None:
         super().__init__()
