@@ -53,7 +53,7 @@ format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff check --fix .
 
 RESULTS := logs/results/kermany_resnet18_scratch
-results: $(STAMP) ## Reproduce docs/results.md: 3 seeds of kermany_resnet18_scratch, eval each, summarise (~70 min)
+results: $(STAMP) ## Reproduce docs/results.md: 5 seeds of kermany_resnet18_scratch, eval each (+ external sets), summarise
 	PYTHON=$(BIN)/python OUT=$(RESULTS) bash scripts/kermany_results.sh
 	$(BIN)/python src/summarize_seeds.py 'runs=[$(RESULTS)/seed_*/eval]' output=$(RESULTS)/seeds.md
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Reproduce docs/results.md: train experiment=kermany_resnet18_scratch once per seed, then evaluate each best
 # checkpoint on the official test split with the threshold chosen on the validation split (never on test/).
-#   bash scripts/kermany_results.sh                       # seeds 42 43 44, ../shared/data/chest_xray_kermany224
+# With ../shared/data present, each checkpoint is also evaluated beyond Kermany (scripts/external_eval.sh).
+#   bash scripts/kermany_results.sh                       # seeds 42 to 46, ../shared/data/chest_xray_kermany224
 #   SEEDS="42" DATA=/path/to/chest_xray bash scripts/kermany_results.sh
 # Then: python src/summarize_seeds.py runs='[<OUT>/seed_*/eval]' (make results runs both).
 set -euo pipefail
 DATA=${DATA:-../shared/data/chest_xray_kermany224}
-SEEDS=${SEEDS:-"42 43 44"}
+SEEDS=${SEEDS:-"42 43 44 45 46"}
 OUT=${OUT:-logs/results/kermany_resnet18_scratch}
 PYTHON=${PYTHON:-.venv/bin/python}
 export NO_ALBUMENTATIONS_UPDATE=1
@@ -20,4 +21,7 @@ for seed in $SEEDS; do
   ckpt=$(ls "$run"/checkpoints/epoch_*.ckpt)
   "$PYTHON" src/eval.py ckpt_path="$ckpt" operating_point.method=youden hydra.run.dir="$run/eval" \
     extras.print_config=false
+  if [ -d "${SHARED:-../shared/data}/covid_collection_subset" ]; then
+    PYTHON="$PYTHON" bash scripts/external_eval.sh "$ckpt" "$run/external"
+  fi
 done
