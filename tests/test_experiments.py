@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import KERMANY, ROOT, compose_config
+from helpers import KERMANY, ROOT, SHARED_DATA, compose_config
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
@@ -15,6 +15,8 @@ from src.train import train
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 FOLDER_SOURCE = "pneumonia_cam.data.sources.FolderSource"
 MEDMNIST_SOURCE = "pneumonia_cam.data.sources.MedMNISTSource"
+MIXED_SOURCE = "pneumonia_cam.data.sources.MixedSource"
+COVID = SHARED_DATA / "covid_collection_subset"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,11 @@ def test_experiment_trains_a_fast_dev_run(experiment, tmp_path, data_dir, reques
             cfg.data.data_dir = str(request.getfixturevalue("kermany_subset"))
         if cfg.data.source._target_ == MEDMNIST_SOURCE:
             cfg.data.source.npz = str(request.getfixturevalue("kermany_npz"))
+        if cfg.data.source._target_ == MIXED_SOURCE and cfg.data.source.get("label_by") == "source":
+            if not COVID.is_dir():
+                pytest.skip(f"real data not found at {COVID}")
+            cfg.data.source.data_dirs.kermany = str(request.getfixturevalue("kermany_subset"))
+            cfg.data.source.data_dirs.covid = str(COVID)
         for cache in ("image_cache", "feature_cache"):
             cfg.data[cache].dir = str(tmp_path / cache)
     HydraConfig().set_config(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from data_helpers import make_dicom, small_transforms
+from data_helpers import make_class_folders, make_dicom, small_transforms
 from helpers import SHARED_DATA
 
 from pneumonia_cam.data.covid_collection import CovidCollectionSource
@@ -216,3 +216,21 @@ def test_dicom_files_give_patient_and_view_from_their_header_only(tmp_path):
     assert dict(source.excluded) == {"view LL (data.views=['AP', 'PA'])": 1}
     with pytest.raises(ValueError, match="needs view positions, which FolderSource does not give"):
         filter_views(FolderSource(tmp_path).records().drop(columns="view"), ["PA"], FolderSource(tmp_path))
+
+
+def test_mixed_source_can_label_by_source(tmp_path):
+    """label_by=source: every image's label is its source's index, predefined splits are dropped."""
+    make_class_folders(tmp_path / "a", counts=(3, 4), split="train")
+    make_class_folders(tmp_path / "b", counts=(2, 2))
+    sources = {"a": FolderSource, "b": FolderSource}
+    mixed = MixedSource(tmp_path, sources, {"a": "a", "b": "b"}, class_names=["a", "b"], label_by="source")
+    records = mixed.records()
+    assert (records["label"] == records["patient_id"].str.startswith("b:").astype(int)).all()
+    assert records["label"].value_counts().to_dict() == {0: 7, 1: 4}
+    assert (records["split"] == "").all()
+    with pytest.raises(ValueError, match="source names in order"):
+        MixedSource(
+            tmp_path, sources, {"a": "a", "b": "b"}, class_names=["NORMAL", "PNEUMONIA"], label_by="source"
+        )
+    with pytest.raises(ValueError, match="label_by"):
+        MixedSource(tmp_path, sources, {"a": "a", "b": "b"}, label_by="hospital")

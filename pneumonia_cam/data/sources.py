@@ -406,7 +406,9 @@ class MixedSource(ImageSource):
 
     `sources` maps a name to a partial source (called with its folder and `class_names`) and `data_dirs` the
     name to its folder (relative to data_dir, or absolute). Patient ids are prefixed with the name, so two
-    sources' ids never merge into one patient.
+    sources' ids never merge into one patient. `label_by="source"` labels every image by the source it came
+    from instead (class_names = the source names, in order; predefined splits are dropped): the first half of
+    the shortcut check, a model that can only learn where an image was taken.
     """
 
     def __init__(
@@ -415,13 +417,23 @@ class MixedSource(ImageSource):
         sources: Mapping[str, Callable[..., ImageSource]],
         data_dirs: Mapping[str, str],
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+        label_by: str = "class",
     ) -> None:
         super().__init__(data_dir)
         missing = sorted(set(sources) - set(data_dirs))
         if missing:
             raise ValueError(f"MixedSource: no data_dirs entry for source(s) {missing}")
+        if label_by not in ("class", "source"):
+            raise ValueError(f"MixedSource: label_by={label_by!r}; choose 'class' or 'source'")
+        if label_by == "source" and list(class_names) != list(sources):
+            raise ValueError(
+                f"MixedSource label_by=source: class_names must be the source names in order, "
+                f"{list(sources)}, got {list(class_names)}"
+            )
+        self.label_by = label_by
+        member_classes = DEFAULT_CLASS_NAMES if label_by == "source" else class_names
         self.sources = {
-            name: make(str(self.data_dir / data_dirs[name]), class_names=class_names)
+            name: make(str(self.data_dir / data_dirs[name]), class_names=member_classes)
             for name, make in sources.items()
         }
 
@@ -432,8 +444,9 @@ class MixedSource(ImageSource):
     def records(self) -> pd.DataFrame:
         """Every source's records, in the order given, with a `source` prefix on patient ids."""
         tables = []
-        for name, source in self.sources.items():
+        for index, (name, source) in enumerate(self.sources.items()):
             table = source.records()
-            tables.append(table.assign(patient_id=name + ":" + table["patient_id"].astype(str)))
+            table = table.assign(patient_id=name + ":" + table["patient_id"].astype(str))
+            tables.append(table.assign(label=index, split="") if self.label_by == "source" else table)
             self.excluded.update({f"{name}: {reason}": count for reason, count in source.excluded.items()})
         return pd.concat(tables, ignore_index=True)
