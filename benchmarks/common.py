@@ -44,30 +44,22 @@ def machine() -> dict:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (Linux), else None."""
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(field)), None)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    return cpuinfo("model name") or platform.processor()
 
 
 def cpu_flags() -> list[str]:
     """The vector-instruction flags that decide which fp32 / bf16 / int8 kernels run (Linux)."""
-    info = Path("/proc/cpuinfo")
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    flags = (
-        next(
-            (
-                line.split(":", 1)[1].split()
-                for line in info.read_text().splitlines()
-                if line.startswith("flags")
-            ),
-            [],
-        )
-        if info.exists()
-        else []
-    )
+    flags = (cpuinfo("flags") or "").split()
     return [flag for flag in wanted if flag in flags]
 
 

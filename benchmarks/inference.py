@@ -154,8 +154,11 @@ def onnx_paths(ours: PneumoniaClassifier, args: argparse.Namespace, workdir: Pat
     model = InferenceModel.from_checkpoint(checkpoint)
     model.net.load_state_dict(ours.net.state_dict())
     fp32 = export_onnx(model, workdir / "model.onnx")
-    calibration = [path for path, _ in kermany_sample(args.calibration, "train")]
-    int8 = quantize_int8(fp32, calibration, workdir / "model.int8.onnx")
+    exported = OnnxModel(fp32, args.threads)
+    calibration = np.stack(
+        [exported.prepare(path)[0] for path, _ in kermany_sample(args.calibration, "train")]
+    )
+    int8 = quantize_int8(exported, calibration, workdir / "model.int8.onnx")
     return {
         name: OnnxModel(path, args.threads)
         for name, path in (("onnxruntime_fp32", fp32), ("onnxruntime_int8", int8))

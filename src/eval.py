@@ -91,21 +91,28 @@ def save_sidecar(cfg: DictConfig, point: dict[str, Any], split_hash: str, member
         log.info(f"Operating point saved to {sidecar} (predict.py, the server and later evals reuse it)")
 
 
+def in_model_order(
+    records: pd.DataFrame, datamodule: LightningDataModule, model: InferenceModel
+) -> pd.DataFrame:
+    """A split's records with labels renumbered into the checkpoint's class order (by name)."""
+    labels = pipeline.label_map(datamodule.class_names, model.class_names)
+    return records.assign(label=labels[records["label"].to_numpy(dtype=np.int64)])
+
+
+def with_bootstrap(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
+    """An eval block's settings plus the bootstrap's resamples, confidence and seed."""
+    return {**node, **{key: cfg.bootstrap[key] for key in ("n_resamples", "confidence", "seed")}}
+
+
 def localise(
     cfg: DictConfig, model: InferenceModel, datamodule: LightningDataModule, out_dir: Path
 ) -> dict[str, Any] | None:
     """CAM localisation when the test split carries boxes (RSNA) and localisation.enabled; else None."""
     if not cfg.localisation.enabled or "boxes" not in datamodule.data_test.records:
         return None
-    labels = pipeline.label_map(datamodule.class_names, model.class_names)
-    test, train = (
-        split.records.assign(label=labels[split.records["label"].to_numpy(dtype=np.int64)])
-        for split in (datamodule.data_test, datamodule.data_train)
-    )
-    settings = {
-        **cfg.localisation,
-        **{key: cfg.bootstrap[key] for key in ("n_resamples", "confidence", "seed")},
-    }
+    splits = (datamodule.data_test, datamodule.data_train)
+    test, train = (in_model_order(split.records, datamodule, model) for split in splits)
+    settings = with_bootstrap(cfg, cfg.localisation)
     result = cam_localisation(model, test, train, image_sizes(datamodule, train["path"]), settings, out_dir)
     if result is not None:
         cam, prior = result["cam"], result["baseline"]
@@ -121,11 +128,8 @@ def shortcut_check(cfg: DictConfig, model: InferenceModel, datamodule: Lightning
     """CAM mass in the image border vs the centre over the test split, when shortcut.enabled."""
     if not cfg.shortcut.enabled:
         return None
-    labels = pipeline.label_map(datamodule.class_names, model.class_names)
-    records = datamodule.data_test.records
-    test = records.assign(label=labels[records["label"].to_numpy(dtype=np.int64)])
-    settings = {**cfg.shortcut, **{key: cfg.bootstrap[key] for key in ("n_resamples", "confidence", "seed")}}
-    result = cam_border_mass(model, test, settings)
+    test = in_model_order(datamodule.data_test.records, datamodule, model)
+    result = cam_border_mass(model, test, with_bootstrap(cfg, cfg.shortcut))
     log.info(
         f"CAM mass in the outer {result['border']:.0%} band: {result['border_share']['value']:.3f} "
         f"({result['ratio_to_uniform']:.2f}x a uniform map's {result['uniform_share']:.3f})"

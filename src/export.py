@@ -4,8 +4,6 @@ Writes the file and its metadata sidecar, then runs it in ONNX Runtime beside Py
 refuses the result (exit 1) when logits or decisions differ beyond rtol 1e-3 / atol 1e-4.
 """
 
-from pathlib import Path
-
 import rootutils
 
 rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
@@ -34,20 +32,22 @@ def check_parity(model: InferenceModel, exported: OnnxModel, n: int, seed: int =
     return float(np.abs(got - expected).max())
 
 
-def quantize(model: InferenceModel, path: Path, cfg: DictConfig) -> dict:
-    """The int8 copy beside `path`, refused when its probabilities on the calibration images stray too far."""
+def quantize(model: InferenceModel, exported: OnnxModel, cfg: DictConfig) -> dict:
+    """The int8 copy beside the exported file, refused when its probabilities on the calibration images stray
+    too far from PyTorch's (both files of the refused copy are removed)."""
     if cfg.quantize != "int8":
         raise ValueError(f"quantize={cfg.quantize!r}; the only option is int8 (or null)")
     if cfg.calibration is None:
         raise ValueError("quantize=int8 needs calibration=<folder, image or CSV of training images>")
     images = list_inputs(cfg.calibration)[: cfg.calibration_count]
-    output = quantize_int8(path, images, path.with_suffix(".int8.onnx"))
-    quantized = OnnxModel(output)
-    expected = model.predict_proba(torch.stack([model.prepare(image).tensor for image in images])).numpy()
-    got = quantized.predict_proba(np.stack([quantized.prepare(image)[0] for image in images]))
+    inputs = np.stack([exported.prepare(image)[0] for image in images])  # decoded once, for both sides
+    output = quantize_int8(exported, inputs, exported.path.with_suffix(".int8.onnx"))
+    expected = model.predict_proba(torch.from_numpy(inputs)).numpy()
+    got = OnnxModel(output).predict_proba(inputs)
     diff = float(np.abs(got - expected).max())
     if diff > cfg.max_prob_diff:
         output.unlink()
+        output.with_suffix(output.suffix + ".json").unlink()
         raise ValueError(
             f"int8 copy refused: max |dP| {diff:.4f} on {len(images)} calibration images"
             f" > max_prob_diff={cfg.max_prob_diff}"
@@ -63,10 +63,11 @@ def export(cfg: DictConfig) -> tuple[dict, dict]:
     check_exportable(model, cfg.format, cfg.opset)  # the CLI picks the format; export_onnx re-checks onnx
     path = export_onnx(model, cfg.output, cfg.opset)
     result = {"output": str(path), "metadata": f"{path}.json"}
+    exported = OnnxModel(path)
     if cfg.check_images:
-        result["max_abs_logit_diff"] = check_parity(model, OnnxModel(path), cfg.check_images)
+        result["max_abs_logit_diff"] = check_parity(model, exported, cfg.check_images)
     if cfg.quantize is not None:
-        result.update(quantize(model, path, cfg))
+        result.update(quantize(model, exported, cfg))
     log.info(f"Exported {cfg.ckpt_path} -> {path} ({result})")
     return result, {"cfg": cfg, "model": model}
 

@@ -15,7 +15,7 @@ from helpers import KERMANY, ROOT, assert_ok, run_entry_point
 from torch import nn
 
 from benchmarks.common import reference_checkpoint
-from pneumonia_cam.inference.export import METADATA_KEY, check_exportable, export_onnx
+from pneumonia_cam.inference.export import METADATA_KEY, check_exportable, export_onnx, write_metadata
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.inference.onnx_model import OnnxInferenceModel
 from pneumonia_cam.runtime.onnx import OnnxModel, finish_cam
@@ -149,6 +149,7 @@ def test_export_cli_with_int8_copy(smoke_checkpoint, tmp_path):
     assert "max_abs_logit_diff" in result.stdout + result.stderr
     quantized = OnnxModel(out.with_suffix(".int8.onnx"))
     assert quantized.metadata["quantization"]["calibration_images"] == 16
+    assert OnnxInferenceModel.from_checkpoint(quantized.path, threads=1).precision == "int8"
     assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(quantized.path)).graph.node)
     model = InferenceModel.from_checkpoint(smoke_checkpoint)
     unseen = sorted(synthetic_pngs(tmp_path / "unseen", 8, seed=1).glob("*.png"))
@@ -161,7 +162,7 @@ def test_export_cli_with_int8_copy(smoke_checkpoint, tmp_path):
         timeout=300,
     )
     assert refused.returncode != 0 and "int8 copy refused" in refused.stderr
-    assert not out.with_suffix(".int8.onnx").exists()
+    assert not out.with_suffix(".int8.onnx").exists() and not out.with_suffix(".int8.onnx.json").exists()
 
 
 def test_onnx_backend_keeps_the_operating_point_and_refuses_torch_options(smoke_checkpoint, tmp_path):
@@ -181,3 +182,7 @@ def test_onnx_backend_keeps_the_operating_point_and_refuses_torch_options(smoke_
     onnx_model.check_cam("cam", "layer4")
     with pytest.raises(ValueError, match="runs on the CPU"):
         onnx_model.to("cuda")
+    old = {k: v for k, v in onnx_model.runtime.metadata.items() if k not in ("operating_point", "cam_layer")}
+    write_metadata(path, old)  # a file exported before metadata format 2
+    with pytest.raises(ValueError, match="export its checkpoint again"):
+        OnnxInferenceModel.from_checkpoint(path)

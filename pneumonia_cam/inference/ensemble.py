@@ -19,8 +19,8 @@ from pneumonia_cam.utils.run_config import (
     CONFIG_KEY,
     SPLIT_KEY,
     checkpoint_sha256,
+    load_checkpoint,
     load_run_config,
-    training_split_sha256,
 )
 
 MEMBERS_KEY = "ensemble_members"
@@ -58,26 +58,25 @@ def save_ensemble(members: Sequence[str | os.PathLike], output: str | os.PathLik
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 checkpoints, got {len(members)}")
     check_members(members[0], members[1:])
-    splits = {training_split_sha256(ckpt) for ckpt in members}
+    contents = [load_checkpoint(ckpt) for ckpt in members]
+    splits = {checkpoint.get(SPLIT_KEY) for checkpoint in contents}
     if len(splits) > 1:
         raise ValueError(f"ensemble members were trained on different splits {sorted(map(str, splits))}")
     entries = []
-    for ckpt in members:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for ckpt, checkpoint in zip(members, contents, strict=True):
         if MEMBERS_KEY in checkpoint:
             raise ValueError(f"{ckpt} is itself an ensemble: pass its members")
-        prefix = "ema.module." if checkpoint["hyper_parameters"].get("ema_decay") is not None else "net."
-        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        module_cls = hydra.utils.get_class(load_run_config(ckpt, checkpoint).model._target_)
+        module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, weights=None)
         entries.append(
             {
-                "net": state,
+                "net": module.inference_net.state_dict(),  # the weights the member deploys (EMA when kept)
                 "hyper_parameters": dict(checkpoint["hyper_parameters"]),
                 "source": str(ckpt),
                 "source_sha256": checkpoint_sha256(ckpt),
             }
         )
-    first = torch.load(members[0], map_location="cpu", weights_only=True)
-    bundle: dict[str, Any] = {MEMBERS_KEY: entries, CONFIG_KEY: first[CONFIG_KEY]}
+    bundle: dict[str, Any] = {MEMBERS_KEY: entries, CONFIG_KEY: contents[0][CONFIG_KEY]}
     if splits != {None}:
         bundle[SPLIT_KEY] = splits.pop()
     output = Path(output)

@@ -17,17 +17,20 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+import onnx
 import torch
 from albumentations.pytorch import ToTensorV2
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.combined import MeanCamHead, TTANet
 from pneumonia_cam.models.net import ClassifierHead
+from pneumonia_cam.runtime.onnx import FORMAT_VERSION, METADATA_KEY, OnnxModel
 from pneumonia_cam.runtime.preprocess import STEP_NAMES, Step
 
 FORMATS = ("onnx",)
-METADATA_KEY = "pneumonia_cam"
 OPSET = 17
 
 
@@ -110,7 +113,7 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
     normalize = [step for step in steps if step["name"] == "Normalize"]
     info = model.info
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "class_names": list(model.class_names),
         "positive_class": model.operating_point.positive_class,
         "threshold": model.operating_point.threshold,
@@ -138,8 +141,6 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
 
 def export_onnx(model: InferenceModel, output: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write `output` (.onnx) and `output`.json; return the model path."""
-    import onnx
-
     check_exportable(model, "onnx", opset)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -156,63 +157,50 @@ def export_onnx(model: InferenceModel, output: str | os.PathLike, opset: int = O
         opset_version=opset,
         dynamo=False,
     )
-    metadata = export_metadata(model, opset)
-    proto = onnx.load(str(output))
+    return write_metadata(output, export_metadata(model, opset))
+
+
+def write_metadata(path: Path, metadata: dict[str, Any]) -> Path:
+    """Put `metadata` into the file (replacing any) and beside it as `<file>.json`; return the path."""
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(proto, str(output))
-    output.with_suffix(output.suffix + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    return output
+    onnx.save(proto, str(path))
+    path.with_suffix(path.suffix + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
 
 
-class _Calibration:
-    """ONNX Runtime's calibration reader: one prepared image per call."""
+class Calibration(CalibrationDataReader):
+    """ONNX Runtime's calibration reader: one model-ready image per call."""
 
-    def __init__(self, batches: list[np.ndarray]) -> None:
-        self.batches = iter(batches)
+    def __init__(self, inputs: np.ndarray) -> None:
+        self.rows = iter(inputs)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next {"image": 1 x 3 x H x W} feed, None when done."""
-        batch = next(self.batches, None)
-        return None if batch is None else {"image": batch}
+        row = next(self.rows, None)
+        return None if row is None else {"image": row[None]}
 
 
-def quantize_int8(path: str | os.PathLike, images: list[Path], output: str | os.PathLike) -> Path:
-    """A static int8 (QDQ, per-channel weights) copy of an exported file, calibrated on `images`.
+def quantize_int8(source: OnnxModel, inputs: np.ndarray, output: str | os.PathLike) -> Path:
+    """A static int8 (QDQ, per-channel weights) copy of an exported file, calibrated on `inputs`.
 
-    The inputs go through the file's own preprocessing; the metadata is carried over with the calibration
-    recorded, so OnnxModel and the server load the result like the fp32 file.
+    `inputs` are model-ready (N x 3 x H x W, `source.prepare` of training images); the metadata is carried
+    over with the calibration recorded, so OnnxModel and the server load the result like the fp32 file.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from pneumonia_cam.runtime.onnx import OnnxModel
-
-    source, output = Path(path), Path(output)
-    runtime = OnnxModel(source, threads=1)
-    feeds = [runtime.prepare(image)[0][None] for image in images]
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(feeds)
+    output = Path(output)
     staged = output.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(staged))
+    quant_pre_process(str(source.path), str(staged))
     quantize_static(
         str(staged),
         str(output),
-        reader,
+        Calibration(inputs),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
     staged.unlink()
-    metadata = {
-        **runtime.metadata,
-        "quantization": {"type": "int8 static QDQ, per-channel weights", "calibration_images": len(images)},
-    }
-    proto = onnx.load(str(output))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(proto, str(output))
-    output.with_suffix(output.suffix + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    return output
+    quantization = {"type": "int8 static QDQ, per-channel weights", "calibration_images": len(inputs)}
+    return write_metadata(output, {**source.metadata, "quantization": quantization})

@@ -20,20 +20,18 @@ from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
 from pneumonia_cam.inference.ensemble import MEMBERS_KEY, is_ensemble, load_net
-from pneumonia_cam.models.cam import CAM_METHODS, TargetClass, build_cam, postprocess
-from pneumonia_cam.models.combined import TTANet
+from pneumonia_cam.models.cam import BaseCAM, TargetClass, build_cam, finish_options, postprocess
+from pneumonia_cam.models.combined import CombinedNet, TTANet
 from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import Predictor
-from pneumonia_cam.utils.run_config import checkpoint_sha256, load_run_config
+from pneumonia_cam.utils.run_config import checkpoint_sha256, load_checkpoint, load_run_config
 
 log = logging.getLogger(__name__)
 
 # a path or HxW uint8 array (read and pre-processed here), a prepared image, or the preprocessor's C x H x W
 # output (its CAM comes back at the tensor's size: the original is unknown)
 ImageLike = ImageInput | PreparedImage | torch.Tensor
-# how raw grids become [0, 1] maps unless the CAM options say otherwise (models/cam.py's defaults)
-FINISH_DEFAULTS = {"upsample_mode": "bilinear", "relu": True, "normalize": True}
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,6 @@ class InferenceModel:
     """A trained network with its eval transform, class names and operating point, ready for images."""
 
     backend = "torch"
-    cam_methods: tuple[str, ...] = ("cam", "gradcam")
 
     def __init__(
         self,
@@ -86,8 +83,8 @@ class InferenceModel:
         cls, ckpt_path: str | os.PathLike, operating_point: str = "auto", map_location: str = "cpu"
     ) -> Self:
         """Network, eval transform, class names and operating point (policy auto | stored | default)."""
-        run_config = load_run_config(ckpt_path)
-        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True, mmap=True)
+        checkpoint = load_checkpoint(ckpt_path)
+        run_config = load_run_config(ckpt_path, checkpoint)
         if is_ensemble(checkpoint):
             net = load_net(checkpoint, run_config.model._target_)
             backbone = "+".join(
@@ -205,14 +202,22 @@ class InferenceModel:
 
     def check_cam(self, method: str, target_layer: str | None) -> None:
         """Refuse (ValueError) a CAM method or layer this model cannot compute, before any image is sent."""
-        methods = getattr(self.net, "cam_methods", tuple(CAM_METHODS))
-        cam = build_cam(method, self.net, target_layer=target_layer) if method in CAM_METHODS else None
-        if method not in methods or cam is None or (hasattr(self.net, "cam_methods") and not cam.reuses_pass):
+        self.cam(method, target_layer=target_layer)
+
+    def cam(self, method: str, **cam_options) -> BaseCAM:
+        """The CAM of `method` on this network; a combined net (ensemble, TTA) only reuses its own pass."""
+        if isinstance(self.net, CombinedNet) and method not in self.net.cam_methods:
             raise ValueError(
-                f"method={method!r} target_layer={target_layer!r}: this {type(self.net).__name__} offers "
-                f"{list(methods)} on the layer feeding the head (an ensemble or TTA averages the CAM of each "
-                "pass; Grad-CAM and other layers hook one network)"
+                f"method={method!r}: this {type(self.net).__name__} offers {list(self.net.cam_methods)} "
+                "(an ensemble or TTA averages the CAM of each pass; Grad-CAM hooks one network)"
             )
+        cam = build_cam(method, self.net, **cam_options)
+        if isinstance(self.net, CombinedNet) and not cam.reuses_pass:
+            raise ValueError(
+                f"target_layer={cam_options.get('target_layer')!r}: this {type(self.net).__name__} computes "
+                "the CAM of the layer feeding the head only"
+            )
+        return cam
 
     def explain_batch(
         self,
@@ -231,7 +236,7 @@ class InferenceModel:
         probs, raw, targets = self.class_grids(
             torch.stack([p.tensor for p in prepared]), target_class, method, **cam_options
         )
-        finish = {k: cam_options.get(k, v) for k, v in FINISH_DEFAULTS.items()}
+        finish = finish_options(cam_options)
         maps = [
             postprocess(raw[i : i + 1], p.original_size, **finish)[0].cpu().numpy()
             for i, p in enumerate(prepared)
@@ -242,10 +247,9 @@ class InferenceModel:
         self, batch: torch.Tensor, target_class: TargetClass, method: str, **cam_options
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(probabilities, raw B x h x w grids, target per image) of a batch: the step a backend overrides."""
-        self.check_cam(method, cam_options.get("target_layer", "layer4"))
+        cam = self.cam(method, **cam_options)
         features, logits = self.forward(batch)
         probs = self.operating_point.probabilities(logits)
-        cam = build_cam(method, self.net, **cam_options)
         targets = cam.targets(self.decide(probs) if target_class is None else target_class, logits)
         raw = cam.from_features(features, logits, targets)
         if raw is None:

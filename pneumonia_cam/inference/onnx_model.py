@@ -18,7 +18,7 @@ from pneumonia_cam.data.preprocessor import ImagePreprocessor
 from pneumonia_cam.evaluation.operating_point import OPERATING_POINT_POLICIES, OperatingPoint
 from pneumonia_cam.inference.model import InferenceModel, ModelInfo
 from pneumonia_cam.models.cam import BaseCAM, TargetClass
-from pneumonia_cam.runtime.onnx import OnnxModel
+from pneumonia_cam.runtime.onnx import FORMAT_VERSION, OnnxModel
 
 
 class ReplayTransform:
@@ -45,7 +45,7 @@ class OnnxInferenceModel(InferenceModel):
         self.preprocessor = ImagePreprocessor(ReplayTransform(runtime), runtime.dicom)
         self.operating_point = operating_point
         self.info = info
-        self.cam_layers = (None, runtime.metadata.get("cam_layer"))
+        self.cam_layers = (None, runtime.metadata["cam_layer"])
 
     @classmethod
     def from_checkpoint(
@@ -62,14 +62,14 @@ class OnnxInferenceModel(InferenceModel):
             raise ValueError(f"backend=onnxruntime runs on the CPU; got device {map_location!r}")
         runtime = OnnxModel(ckpt_path, threads or torch.get_num_threads())
         meta = runtime.metadata
+        missing = [key for key in ("operating_point", "cam_layer") if key not in meta]
+        if missing:
+            raise ValueError(
+                f"{ckpt_path} was exported before metadata format {FORMAT_VERSION} (it lacks {missing}): "
+                "export its checkpoint again with src/export.py to serve it"
+            )
         # the checkpoint's operating point as export resolved it, with its provenance
-        values = meta.get("operating_point") or {
-            "threshold": runtime.threshold,
-            "temperature": runtime.temperature,
-            "positive_class": runtime.positive_class,
-        }
-        source = values.get("source", meta.get("operating_point_source", "export"))
-        stored = OperatingPoint.from_dict(values, str(source))
+        stored = OperatingPoint.from_dict(meta["operating_point"], str(meta["operating_point"]["source"]))
         info = ModelInfo(
             checkpoint=str(ckpt_path),
             checkpoint_sha256=str(meta["checkpoint_sha256"]),
@@ -103,8 +103,8 @@ class OnnxInferenceModel(InferenceModel):
 
     @property
     def precision(self) -> str:
-        """The exported graph's precision."""
-        return "fp32"
+        """The exported graph's precision: int8 for a quantized copy (export.py quantize=int8), else fp32."""
+        return "int8" if "quantization" in self.runtime.metadata else "fp32"
 
     @property
     def device(self) -> torch.device:

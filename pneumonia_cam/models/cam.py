@@ -55,6 +55,15 @@ def resolve_layer(net: nn.Module, target_layer: str | None) -> nn.Module:
     raise ValueError(f"No layer {target_layer!r} in the backbone; top-level stages are {names}")
 
 
+# how raw maps become [0, 1] maps at the image size unless a caller's CAM options say otherwise
+FINISH_DEFAULTS = {"upsample_mode": "bilinear", "relu": True, "normalize": True}
+
+
+def finish_options(cam_options: dict) -> dict:
+    """postprocess()'s keyword arguments from a caller's CAM options (the defaults where they say nothing)."""
+    return {key: cam_options.get(key, default) for key, default in FINISH_DEFAULTS.items()}
+
+
 def postprocess(
     raw: torch.Tensor, size: Sequence[int] | None, upsample_mode: str, relu: bool, normalize: bool
 ) -> torch.Tensor:
@@ -82,9 +91,9 @@ class BaseCAM:
         self,
         net: nn.Module,
         target_layer: str | None = "layer4",
-        upsample_mode: str = "bilinear",
-        relu: bool = True,
-        normalize: bool = True,
+        upsample_mode: str = FINISH_DEFAULTS["upsample_mode"],
+        relu: bool = FINISH_DEFAULTS["relu"],
+        normalize: bool = FINISH_DEFAULTS["normalize"],
     ) -> None:
         self.net = net
         self.layer = resolve_layer(net, target_layer)

@@ -54,8 +54,12 @@ class EnsembleNet(CombinedNet):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
-        self.features = members[0].features  # stage names for CAM layer lookup; maps come from every member
         self.head = MeanCamHead([member.head for member in members])
+
+    @property
+    def features(self) -> nn.Module:
+        """The first member's stages, for CAM layer lookup by name (the maps come from every member)."""
+        return self.members[0].features
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's maps side by side and the log of the mean probabilities."""
@@ -86,8 +90,16 @@ class TTANet(CombinedNet):
             raise ValueError(f"TTA views {list(views)}: choose one or more of {list(TTA_VIEWS)}")
         self.net = net
         self.views = tuple(views)
-        self.features = net.features
-        self.head = net.head
+
+    @property
+    def features(self) -> nn.Module:
+        """The wrapped net's stages (CAM layer lookup)."""
+        return self.net.features
+
+    @property
+    def head(self) -> nn.Module:
+        """The wrapped net's head: its weights turn the averaged maps into the averaged CAM."""
+        return self.net.head
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean of the views' maps (each flipped back) and the log of their mean probabilities."""

@@ -25,6 +25,7 @@ from pneumonia_cam.models.decision import decide
 from pneumonia_cam.runtime.preprocess import replay
 
 METADATA_KEY = "pneumonia_cam"
+FORMAT_VERSION = 2  # of the metadata; 2 added the full operating point and the CAM layer
 ImageLike = str | os.PathLike | np.ndarray
 
 

@@ -36,8 +36,8 @@ class RunConfigInCheckpoint(Callback):
             checkpoint[SPLIT_KEY] = split_hash
 
 
-def _load(ckpt_path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents, without unpickling arbitrary objects."""
+def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents (memory-mapped), without unpickling arbitrary objects."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
@@ -55,9 +55,9 @@ def _modernise(node: Any) -> Any:
     return node
 
 
-def load_run_config(ckpt_path: str | Path) -> DictConfig:
-    """Read the training config stored in a checkpoint without unpickling arbitrary objects."""
-    checkpoint = _load(ckpt_path)
+def load_run_config(ckpt_path: str | Path, checkpoint: dict[str, Any] | None = None) -> DictConfig:
+    """The training config stored in a checkpoint (or in its loaded contents), never unpickling objects."""
+    checkpoint = load_checkpoint(ckpt_path) if checkpoint is None else checkpoint
     if CONFIG_KEY not in checkpoint:
         raise KeyError(
             f"{ckpt_path} holds no '{CONFIG_KEY}': it was not written by src/train.py. "
@@ -68,7 +68,7 @@ def load_run_config(ckpt_path: str | Path) -> DictConfig:
 
 def training_split_sha256(ckpt_path: str | Path) -> str | None:
     """The hash of the split the checkpoint's run trained on (None for checkpoints that predate it)."""
-    return _load(ckpt_path).get(SPLIT_KEY)
+    return load_checkpoint(ckpt_path).get(SPLIT_KEY)
 
 
 def checkpoint_sha256(ckpt_path: str | Path) -> str:
