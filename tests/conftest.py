@@ -1,7 +1,6 @@
 """Shared fixtures: composed train/eval configs for the offline smoke experiment, in temporary folders."""
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,18 @@ from omegaconf import DictConfig, open_dict
 rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
-# W&B stages logged checkpoint artifacts here; keep the suite's copies out of ~/.local/share/wandb
-os.environ.setdefault("WANDB_DATA_DIR", os.path.join(tempfile.gettempdir(), "pneumonia_cam_tests_wandb"))
 
 from helpers import compose_config  # noqa: E402
 
 import pneumonia_cam.utils  # noqa: E402,F401  (registers the config resolvers)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wandb_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """W&B stages logged checkpoint artifacts here: inside the session's temp folder, removed with it."""
+    path = tmp_path_factory.mktemp("wandb_data")
+    os.environ["WANDB_DATA_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
