@@ -67,7 +67,7 @@ def extract_features(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)  # random-init backbones: the same weights as train.py's
     datamodule: LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: LightningModule = hydra.utils.instantiate(cfg.model)
+    model: LightningModule = hydra.utils.instantiate(cfg.model, teacher=None)  # no training, no teacher
     with open_dict(cfg):
         cfg.trainer.limit_val_batches = 0  # the loaders are built, no batch is run
     trainer: Trainer = hydra.utils.instantiate(

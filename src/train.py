@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pneumonia_cam.evaluation.training_curves import write_training_curves  # noqa: E402
+from pneumonia_cam.inference.ensemble import load_teacher  # noqa: E402
 from pneumonia_cam.utils import (  # noqa: E402
     RankedLogger,
     extras,
@@ -50,8 +51,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule: LightningDataModule = hydra.utils.instantiate(cfg.data)
 
+    teacher = None
+    if cfg.model.get("teacher"):
+        log.info(f"Loading the distillation teacher <{cfg.model.teacher}>")
+        teacher = load_teacher(cfg.model.teacher, cfg.data)
     log.info(f"Instantiating model <{cfg.model._target_}>")
-    model: LightningModule = hydra.utils.instantiate(cfg.model)
+    model: LightningModule = hydra.utils.instantiate(cfg.model, teacher=teacher)
 
     callbacks: list[Callback] = [*instantiate_callbacks(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))

@@ -12,7 +12,8 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from pneumonia_cam.models.combined import EnsembleNet
 from pneumonia_cam.utils.run_config import (
@@ -38,14 +39,16 @@ SHARED_DATA_KEYS = (
 )
 
 
+def data_differences(base: DictConfig, other: DictConfig) -> list[str]:
+    """The SHARED_DATA_KEYS on which two data configs disagree (other pre-processing or split)."""
+    return [key for key in SHARED_DATA_KEYS if OmegaConf.select(other, key) != OmegaConf.select(base, key)]
+
+
 def check_members(reference: str | os.PathLike, members: Sequence[str | os.PathLike]) -> None:
     """Refuse members trained with other data settings than `reference` (architectures may differ)."""
     base = load_run_config(reference).data
     for ckpt in members:
-        other = load_run_config(ckpt).data
-        differs = [
-            key for key in SHARED_DATA_KEYS if OmegaConf.select(other, key) != OmegaConf.select(base, key)
-        ]
+        differs = data_differences(base, load_run_config(ckpt).data)
         if differs:
             raise ValueError(
                 f"ensemble member {ckpt} was trained with other data settings than {reference}: "
@@ -116,6 +119,41 @@ def save_average(members: Sequence[str | os.PathLike], output: str | os.PathLike
 def is_ensemble(checkpoint: dict[str, Any]) -> bool:
     """Whether a loaded checkpoint is an ensemble file."""
     return MEMBERS_KEY in checkpoint
+
+
+def load_teacher(path: str | os.PathLike, data: DictConfig) -> nn.Module:
+    """The frozen network a student distils (`model/teacher=checkpoint`): an ensemble file or one checkpoint.
+
+    The teacher must have been trained on the student's pre-processing and split: a teacher that saw the
+    student's validation images would leak them into its soft targets.
+    """
+    checkpoint = load_checkpoint(path)
+    run_config = load_run_config(path, checkpoint)
+    differs = data_differences(run_config.data, data)
+    if differs:
+        raise ValueError(
+            f"teacher {path} was trained with other data settings than this run: data.{differs} differ; "
+            "distil with the student's data config (one pre-processing, one split)"
+        )
+    return checkpoint_net(path, checkpoint, run_config.model._target_).eval().requires_grad_(False)
+
+
+def checkpoint_net(
+    path: str | os.PathLike, checkpoint: dict[str, Any], module_target: str, map_location: str = "cpu"
+) -> nn.Module:
+    """The network a checkpoint deploys: an ensemble's EnsembleNet, or a run's inference (EMA) weights."""
+    if is_ensemble(checkpoint):
+        return load_net(checkpoint, module_target)
+    module_cls = hydra.utils.get_class(module_target)
+    # the checkpoint's weights replace the backbone's: never download ImageNet weights here
+    module = module_cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, weights=None)
+    return getattr(module, "inference_net", module.net)
+
+
+def backbone_name(checkpoint: dict[str, Any]) -> str:
+    """The backbone a checkpoint was trained with; an ensemble's members joined by "+"."""
+    entries = checkpoint[MEMBERS_KEY] if is_ensemble(checkpoint) else [checkpoint]
+    return "+".join(str(entry["hyper_parameters"]["backbone"]) for entry in entries)
 
 
 def load_net(checkpoint: dict[str, Any], module_target: str) -> EnsembleNet:

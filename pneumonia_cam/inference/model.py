@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Self
 
-import hydra
 import numpy as np
 import torch
 from lightning import LightningModule
@@ -19,7 +18,7 @@ from omegaconf import DictConfig
 from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
-from pneumonia_cam.inference.ensemble import MEMBERS_KEY, is_ensemble, load_net
+from pneumonia_cam.inference.ensemble import backbone_name, checkpoint_net
 from pneumonia_cam.models.cam import BaseCAM, TargetClass, build_cam, finish_options, postprocess
 from pneumonia_cam.models.combined import CombinedNet, TTANet
 from pneumonia_cam.models.encoder import backbone_encoder
@@ -85,22 +84,11 @@ class InferenceModel:
         """Network, eval transform, class names and operating point (policy auto | stored | default)."""
         checkpoint = load_checkpoint(ckpt_path)
         run_config = load_run_config(ckpt_path, checkpoint)
-        if is_ensemble(checkpoint):
-            net = load_net(checkpoint, run_config.model._target_)
-            backbone = "+".join(
-                str(entry["hyper_parameters"]["backbone"]) for entry in checkpoint[MEMBERS_KEY]
-            )
-        else:
-            module_cls = hydra.utils.get_class(run_config.model._target_)
-            # the checkpoint's weights replace the backbone's: never download ImageNet weights here
-            module = module_cls.load_from_checkpoint(
-                ckpt_path, map_location=map_location, weights_only=True, weights=None
-            )
-            net, backbone = getattr(module, "inference_net", module.net), str(module.hparams.backbone)
+        net = checkpoint_net(ckpt_path, checkpoint, run_config.model._target_, map_location)
         info = ModelInfo(
             checkpoint=str(ckpt_path),
             checkpoint_sha256=checkpoint_sha256(ckpt_path),
-            backbone=backbone,
+            backbone=backbone_name(checkpoint),
             image_size=int(run_config.data.image_size),
         )
         return cls(

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection, MinMetric
 
@@ -33,6 +34,18 @@ def _inputs(batch: Batch | torch.Tensor) -> torch.Tensor:
     return batch[0] if isinstance(batch, tuple | list) else batch
 
 
+def distillation_loss(
+    log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(teacher || student) at temperature T, mean over the batch (Hinton et al. 2015).
+
+    Log-probabilities stand in for logits: log_softmax(log_softmax(z) / T) == log_softmax(z / T).
+    """
+    student = F.log_softmax(log_probs / temperature, dim=1)
+    teacher = F.log_softmax(teacher_log_probs / temperature, dim=1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
 class PneumoniaClassifier(LightningModule):
     """Pneumonia-vs-normal classifier: NLL loss on log-probs, per-stage metrics, best-monitor tracking."""
 
@@ -53,6 +66,9 @@ class PneumoniaClassifier(LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         ema_decay: float | None = None,
+        teacher: nn.Module | None = None,
+        distill_alpha: float = 0.5,
+        distill_temperature: float = 2.0,
     ) -> None:
         super().__init__()
         # save_hyperparameters reads these locals, so they must be builtins (no OmegaConf, no modules) first.
@@ -60,7 +76,7 @@ class PneumoniaClassifier(LightningModule):
         optimizer = _plain(optimizer) or dict(DEFAULT_OPTIMIZER)
         scheduler = _plain(scheduler)
         class_weights = _plain(class_weights)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["teacher"])
 
         metrics = build_metrics(num_classes)
         stages = ["val", "val_ema"] if ema_decay is not None else ["val"]
@@ -71,6 +87,11 @@ class PneumoniaClassifier(LightningModule):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if not 0.0 <= distill_alpha <= 1.0 or distill_temperature <= 0:
+            raise ValueError(
+                f"distill_alpha must be in [0, 1] and distill_temperature > 0, got {distill_alpha}, "
+                f"{distill_temperature}"
+            )
         if monitor_mode not in ("min", "max"):
             raise ValueError(f"monitor_mode must be 'min' or 'max', got {monitor_mode!r}")
         weights_tensor = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
@@ -92,6 +113,15 @@ class PneumoniaClassifier(LightningModule):
             self.val_ema_metrics = metrics.clone(prefix="val_ema/")
             self.val_ema_loss = MeanMetric()
         self.monitor_best = MinMetric() if monitor_mode == "min" else MaxMetric()
+        # knowledge distillation (Hinton et al. 2015): a frozen teacher (e.g. an ensemble file) gives soft
+        # targets on the same augmented batch. Not a registered submodule: never in the state dict (so the
+        # checkpoint is the student's alone and resumes load strictly), the optimizer or train() mode.
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise TypeError(
+                f"teacher must be a loaded network, got {teacher!r}: load the file with "
+                "pneumonia_cam.inference.ensemble.load_teacher (src/train.py does for model.teacher)"
+            )
+        object.__setattr__(self, "teacher", None if teacher is None else teacher.eval().requires_grad_(False))
 
     @property
     def inference_net(self) -> ChestXrayNet:
@@ -132,6 +162,11 @@ class PneumoniaClassifier(LightningModule):
             # In-place compile keeps state-dict keys free of "_orig_mod." so checkpoints stay portable.
             self.net.compile()
 
+    def on_fit_start(self) -> None:
+        """Put the teacher on the student's device (it is not a submodule, so `.to()` skips it)."""
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
     def on_train_start(self) -> None:
         """Forget the sanity check's best value and record how much of the network is trained."""
         self.monitor_best.reset()
@@ -155,6 +190,13 @@ class PneumoniaClassifier(LightningModule):
         # cross_entropy's log_softmax leaves log-probabilities as they are, and it knows label smoothing
         # labels are class indices, or N x K soft targets from Mixup / CutMix (their metrics use the arg-max)
         loss = F.cross_entropy(log_probs, labels, weight=self.class_weights, label_smoothing=smoothing)
+        if stage == "train" and self.teacher is not None:
+            if inputs.ndim != 4:
+                raise ValueError("distillation needs images: the teacher cannot run on cached features")
+            with torch.no_grad():
+                teacher_log_probs = self.teacher(inputs)
+            soft = distillation_loss(log_probs, teacher_log_probs, self.hparams.distill_temperature)
+            loss = self.hparams.distill_alpha * soft + (1 - self.hparams.distill_alpha) * loss
         loss_metric.update(loss.detach(), weight=labels.shape[0])
         metrics.update(metric_scores(log_probs.detach()), labels.argmax(1) if labels.ndim == 2 else labels)
         self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
