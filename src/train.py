@@ -12,6 +12,7 @@ import lightning as L  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from lightning import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.callbacks import StochasticWeightAveraging  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -59,6 +60,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model: LightningModule = hydra.utils.instantiate(cfg.model, teacher=teacher)
 
     callbacks: list[Callback] = [*instantiate_callbacks(cfg.get("callbacks")), RunConfigInCheckpoint(cfg)]
+    if cfg.model.get("ema_decay") is not None and any(
+        isinstance(callback, StochasticWeightAveraging) for callback in callbacks
+    ):
+        raise ValueError(
+            "callbacks=swa and model.ema_decay both average weights, and inference would deploy the EMA: "
+            "choose one (model.ema_decay=null, or callbacks=default)"
+        )
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
 
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
