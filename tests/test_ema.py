@@ -5,9 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import perturbed_copy
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from pneumonia_cam.inference.ensemble import save_ensemble
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.classifier import PneumoniaClassifier
 from src.train import train
@@ -49,6 +51,10 @@ def test_training_validates_and_checkpoints_the_ema(cfg_train):
     assert not torch.equal(ema_fc, raw_fc)  # the EMA lags the trained weights
     model = InferenceModel.from_checkpoint(best)
     torch.testing.assert_close(model.net.head.fc.weight, ema_fc)
+    member = perturbed_copy(Path(best), Path(cfg_train.paths.output_dir) / "member.ckpt")
+    bundle = save_ensemble([best, member], Path(best).parent / "ensemble.ckpt")
+    ensemble = InferenceModel.from_checkpoint(bundle)
+    torch.testing.assert_close(ensemble.net.members[0].head.fc.weight, ema_fc)  # members deploy their EMA
     logged = pd.read_csv(next(Path(cfg_train.paths.output_dir).glob("csv/**/metrics.csv")))
     assert {"val_ema/loss", "val_ema/auroc", "val/loss"} <= set(logged.columns)
     assert logged["val_ema/loss"].notna().sum() == 2

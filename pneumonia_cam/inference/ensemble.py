@@ -161,7 +161,10 @@ def load_net(checkpoint: dict[str, Any], module_target: str) -> EnsembleNet:
     module_cls = hydra.utils.get_class(module_target)
     nets = []
     for entry in checkpoint[MEMBERS_KEY]:
-        module = module_cls(**{**entry["hyper_parameters"], "weights": None, "ema_decay": None})
+        hparams = entry["hyper_parameters"]
+        # the stored net holds the member's deployed (EMA) weights: no EMA rebuilt, so no val_ema/* monitor
+        monitor = str(hparams.get("monitor", "val/loss")).replace("val_ema/", "val/")
+        module = module_cls(**{**hparams, "weights": None, "ema_decay": None, "monitor": monitor})
         module.net.load_state_dict(entry["net"])
         nets.append(module.net.eval())
     return EnsembleNet(nets)
