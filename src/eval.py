@@ -22,7 +22,7 @@ from pneumonia_cam.evaluation.operating_point import json_ready, save_operating_
 from pneumonia_cam.evaluation.publish import publish  # noqa: E402
 from pneumonia_cam.inference.ensemble import check_members  # noqa: E402
 from pneumonia_cam.inference.localisation import cam_localisation  # noqa: E402
-from pneumonia_cam.inference.model import InferenceModel, PredictionModule  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel, PredictionModule, tta_options  # noqa: E402
 from pneumonia_cam.inference.shortcut import cam_border_mass  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
 from pneumonia_cam.utils.logging_utils import link_checkpoints  # noqa: E402
@@ -48,10 +48,10 @@ def resolve_data_config(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
     return data_cfg
 
 
-def load_model(ckpt_path: str, tta_views: list[str]) -> InferenceModel:
+def load_model(ckpt_path: str, cfg: DictConfig) -> InferenceModel:
     """A checkpoint's inference model (fp32, the configured TTA); eval chooses its own operating point."""
     log.info(f"Loading {ckpt_path}")
-    return InferenceModel.from_checkpoint(ckpt_path, operating_point="default").with_tta(tta_views)
+    return InferenceModel.from_checkpoint(ckpt_path, operating_point="default").with_tta(**tta_options(cfg))
 
 
 def predict_splits(
@@ -162,7 +162,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     data_cfg = resolve_data_config(cfg, train_cfg)
     log.info(f"Instantiating datamodule <{data_cfg._target_}>")
     datamodule: LightningDataModule = hydra.utils.instantiate(data_cfg)
-    model = load_model(cfg.ckpt_path, list(cfg.tta.views))
+    model = load_model(cfg.ckpt_path, cfg)
     logger: list[Logger] = instantiate_loggers(cfg.get("logger"))
     trainer: Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger)
     object_dict = {"cfg": cfg, "datamodule": datamodule, "model": model, "logger": logger, "trainer": trainer}
@@ -172,7 +172,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info(f"Predicting the test and validation splits with {1 + len(members)} model(s)")
     parts = [predict_splits(trainer, model, datamodule)]
-    parts += [predict_splits(trainer, load_model(ckpt, list(cfg.tta.views)), datamodule) for ckpt in members]
+    parts += [predict_splits(trainer, load_model(ckpt, cfg), datamodule) for ckpt in members]
     test_predictions = pipeline.average_predictions([test for test, _ in parts])
     val_predictions = None if parts[0][1] is None else pipeline.average_predictions([val for _, val in parts])
     point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pneumonia_cam.data.inputs import list_inputs  # noqa: E402
 from pneumonia_cam.inference.export import check_exportable, export_onnx, quantize_int8  # noqa: E402
-from pneumonia_cam.inference.model import InferenceModel  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel, tta_options  # noqa: E402
 from pneumonia_cam.runtime.onnx import OnnxModel  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, task_wrapper  # noqa: E402
 
@@ -59,7 +59,7 @@ def quantize(model: InferenceModel, exported: OnnxModel, cfg: DictConfig) -> dic
 def export(cfg: DictConfig) -> tuple[dict, dict]:
     """Load, check what can be exported, write, reload in ONNX Runtime and compare."""
     model = InferenceModel.from_checkpoint(cfg.ckpt_path, operating_point=cfg.operating_point)
-    model.with_tta(list(cfg.tta.views))  # the views become part of the graph
+    model.with_tta(**tta_options(cfg))  # the views become part of the graph
     check_exportable(model, cfg.format, cfg.opset)  # the CLI picks the format; export_onnx re-checks onnx
     path = export_onnx(model, cfg.output, cfg.opset)
     result = {"output": str(path), "metadata": f"{path}.json"}

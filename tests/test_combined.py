@@ -11,10 +11,11 @@ from helpers import assert_ok, perturbed_copy, run_entry_point
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
+from pneumonia_cam.data.batch_augment import black_level
 from pneumonia_cam.inference.ensemble import save_average, save_ensemble
 from pneumonia_cam.inference.export import export_onnx
 from pneumonia_cam.inference.model import InferenceModel
-from pneumonia_cam.models.combined import EnsembleNet, TTANet
+from pneumonia_cam.models.combined import EnsembleNet, TTANet, TTAView
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.runtime.onnx import OnnxModel
 from src.eval import evaluate
@@ -64,6 +65,87 @@ def test_tta_net_mirrors_back_and_averages():
     )
     with pytest.raises(ValueError, match="vflip"):
         TTANet(net, ["vflip"])
+
+
+def test_tta_views_turn_zoom_and_map_back_by_hand():
+    """rotate:90 is a quarter turn counter-clockwise (OpenCV's sense), exactly inverted on the feature grid;
+    zoom:2 shows the centre half, and maps back onto the centre half with zeros outside; the fill pads."""
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).view(1, 2, 8, 8)
+    turned = TTAView("rotate:90").apply(x, torch.zeros(()))
+    torch.testing.assert_close(turned, torch.rot90(x, 1, dims=(-2, -1)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(TTAView("rotate:90").invert(turned), x, atol=1e-4, rtol=0)
+    ones = torch.ones(1, 1, 8, 8)
+    back = TTAView("zoom:2").invert(ones)
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[..., 2:6, 2:6] = 1.0
+    torch.testing.assert_close(back, expected, atol=1e-6, rtol=0)
+    ramp = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)  # 8 row + column: bilinear is exact on it
+    position = 1.75 + 0.5 * torch.arange(8.0)  # output pixel j samples input (j + 0.5) / 2 + 2 - 0.5
+    torch.testing.assert_close(
+        TTAView("zoom:2").apply(ramp, torch.zeros(()))[0, 0],
+        8 * position[:, None] + position,
+        atol=1e-4,
+        rtol=0,
+    )
+    fill = torch.tensor([-2.0, 3.0]).view(1, 2, 1, 1)
+    shrunk = TTAView("zoom:0.5").apply(torch.zeros(1, 2, 8, 8), fill)
+    torch.testing.assert_close(shrunk[..., 0, 0], fill.view(1, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(shrunk[..., 3:5, 3:5], torch.zeros(1, 2, 2, 2), atol=1e-6, rtol=0)
+    shifted = TTAView("shift:0.25:0").apply(x, torch.zeros(()))
+    torch.testing.assert_close(shifted[..., 2:], x[..., :-2], atol=1e-4, rtol=0)
+    for bad in ("vflip", "rotate", "zoom:0", "zoom:big", "shift:0.1"):
+        with pytest.raises(ValueError, match="TTA view"):
+            TTAView(bad)
+
+
+@torch.no_grad()
+def test_tta_net_merges_affine_views_and_averages_mapped_back_cams():
+    """merge=logit: softmax of the mean log-probability; the CAM: the mean of each view's CAM mapped back."""
+    (net,) = nets(1)
+    views = ["identity", "rotate:10", "zoom:1.2"]
+    x = torch.randn(2, 3, 64, 64)
+    fill = torch.tensor([-2.1, -2.0, -1.8]).view(1, 3, 1, 1)
+    seen = [TTAView(view).apply(x, fill) for view in views]
+    log_probs = torch.stack([net(view) for view in seen])
+    for merge, expected in (
+        ("probability", log_probs.exp().mean(0)),
+        ("logit", log_probs.mean(0).exp() / log_probs.mean(0).exp().sum(1, keepdim=True)),
+    ):
+        tta = TTANet(net, views, merge, fill.flatten().tolist()).eval()
+        maps, logits = tta.features_and_logits(x)
+        torch.testing.assert_close(logits.softmax(1), expected, atol=1e-6, rtol=0)
+    cams = [TTAView(view).invert(cam_grids(net, image)) for view, image in zip(views, seen, strict=True)]
+    torch.testing.assert_close(
+        torch.einsum("kc,bchw->bkhw", tta.head.fc.weight, maps),
+        torch.stack(cams).mean(0),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="merge"):
+        TTANet(net, views, "median")
+
+
+def test_black_level_is_the_normalised_black_pixel(smoke_checkpoint):
+    """The fill the TTA views pad with is what Normalize makes of 0: -mean / std per channel."""
+    model = InferenceModel.from_checkpoint(smoke_checkpoint)
+    normalize = next(s for s in model.preprocessor.transform.transforms if type(s).__name__ == "Normalize")
+    expected = [-m / s for m, s in zip(normalize.mean, normalize.std, strict=True)]
+    np.testing.assert_allclose(black_level(model.preprocessor.transform), expected, rtol=1e-6)
+
+
+def test_tta_xray_config_on_the_python_api_and_onnx(smoke_checkpoint, tmp_path):
+    """`tta=xray` from a config: the merged views' probability, the same from the exported ONNX graph."""
+    tta = OmegaConf.load(Path(__file__).parents[1] / "configs" / "tta" / "xray.yaml")
+    model = InferenceModel.from_config(OmegaConf.create({"ckpt_path": str(smoke_checkpoint), "tta": tta}))
+    plain = InferenceModel.from_checkpoint(smoke_checkpoint)
+    image = (np.random.default_rng(2).random((80, 100)) * 255).astype(np.uint8)
+    tensor = plain.prepare(image).tensor[None]
+    fill = torch.tensor(black_level(plain.preprocessor.transform)).view(1, -1, 1, 1)
+    expected = torch.stack([plain.predict_proba(TTAView(v).apply(tensor, fill)) for v in tta.views]).mean(0)
+    torch.testing.assert_close(model.predict_proba(tensor), expected, atol=1e-6, rtol=0)
+    exported = OnnxModel(export_onnx(model, tmp_path / "tta.onnx"))
+    np.testing.assert_allclose(exported.predict_proba(tensor.numpy()), expected.numpy(), atol=1e-5)
+    assert exported.metadata["tta_views"] == list(tta.views)
 
 
 @pytest.fixture

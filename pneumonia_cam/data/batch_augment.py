@@ -63,7 +63,7 @@ class BatchAugment:
         picked = _uniform(images.shape[0], 0.0, 1.0, images, generator) < self.affine_p
         out = images.clone()
         if picked.any():
-            out[picked] = self.warp(images[picked], self.affine_matrices(images[picked], generator))
+            out[picked] = warp(images[picked], self.affine_matrices(images[picked], generator))
         picked = _uniform(images.shape[0], 0.0, 1.0, images, generator) < self.intensity_p
         if picked.any():
             n = int(picked.sum())
@@ -99,30 +99,13 @@ class BatchAugment:
         return images.clamp_(0.0, 255.0)
 
     def affine_matrices(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """N x 2 x 3 output->input maps in grid_sample's normalised coordinates, built in pixel units.
-
-        Forward: p_out = s R(-angle) p_in + t (pixels about the centre, y down, so a positive angle turns the
-        image counter-clockwise as OpenCV does); grid_sample wants the inverse, and its normalised coordinates
-        scale x and y by W/2 and H/2, which a rotation does not commute with.
-        """
+        """N x 2 x 3 output->input maps of random affines (see `affine_theta`)."""
         n, _, height, width = images.shape
-        angle = torch.deg2rad(_uniform(n, *self.rotate, images, generator))
+        angle = _uniform(n, *self.rotate, images, generator)
         zoom = _uniform(n, *self.scale, images, generator)
-        shift_x = _uniform(n, *self.translate, images, generator) * width
-        shift_y = _uniform(n, *self.translate, images, generator) * height
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        inverse = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # R(a)/s
-        half = images.new_tensor([width / 2.0, height / 2.0])
-        linear = inverse * half.view(1, 1, 2) / half.view(1, 2, 1)  # D^-1 M D, D = diag(W/2, H/2)
-        shift = torch.stack([shift_x, shift_y], -1) / half
-        offset = -(linear @ shift.unsqueeze(-1))
-        return torch.cat([linear, offset], -1)
-
-    @staticmethod
-    def warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-        """Resample each image through its own matrix (bilinear, zeros outside)."""
-        grid = F.affine_grid(matrices, list(images.shape), align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        shift_x = _uniform(n, *self.translate, images, generator)
+        shift_y = _uniform(n, *self.translate, images, generator)
+        return affine_theta(angle, zoom, shift_x, shift_y, height, width)
 
 
 class BatchNormalize:
@@ -153,6 +136,12 @@ class BatchNormalize:
         scale = self.scale.to(images.device).expand(channels).view(1, -1, 1, 1)
         shift = self.shift.to(images.device).expand(channels).view(1, -1, 1, 1)
         return torch.addcmul(shift, images, scale)
+
+
+def black_level(transform: A.Compose) -> list[float]:
+    """The model input of a black pixel: the batch stage's zero fill after ToRGB and Normalize."""
+    tail = [step for step in transform.transforms if isinstance(step, (A.ToRGB, A.Normalize, ToTensorV2))]
+    return BatchNormalize(tail)(torch.zeros(1, 1, 1, 1)).flatten().tolist()
 
 
 class MixBatch:
@@ -260,6 +249,46 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     padded = F.pad(image[None], (radius, radius, radius, radius), mode="replicate")
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)[0]
+
+
+def affine_theta(
+    degrees: torch.Tensor,
+    zoom: torch.Tensor,
+    shift_x: torch.Tensor,
+    shift_y: torch.Tensor,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """N x 2 x 3 output->input maps in grid_sample's normalised coordinates, built in pixel units.
+
+    Forward: p_out = s R(-angle) p_in + t (pixels about the centre, y down, so a positive angle turns the
+    image counter-clockwise as OpenCV does; shifts are fractions of the width and height); grid_sample wants
+    the inverse, and its normalised coordinates scale x and y by W/2 and H/2, which a rotation does not
+    commute with.
+    """
+    angle = torch.deg2rad(degrees)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    inverse = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # R(a)/s
+    half = degrees.new_tensor([width / 2.0, height / 2.0])
+    linear = inverse * half.view(1, 1, 2) / half.view(1, 2, 1)  # D^-1 M D, D = diag(W/2, H/2)
+    shift = torch.stack([shift_x * width, shift_y * height], -1) / half
+    offset = -(linear @ shift.unsqueeze(-1))
+    return torch.cat([linear, offset], -1)
+
+
+def warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Resample each image through its own output->input matrix (bilinear, zeros outside).
+
+    The grid is affine_grid's (align_corners=False) written out, so that ONNX opset 17 can export it.
+    """
+    height, width = images.shape[-2:]
+    xs = (torch.arange(width, device=images.device, dtype=matrices.dtype) * 2 + 1) / width - 1
+    ys = (torch.arange(height, device=images.device, dtype=matrices.dtype) * 2 + 1) / height - 1
+    m = matrices.view(-1, 2, 3, 1, 1)
+    grid = m[:, :, 0] * xs.view(1, 1, 1, -1) + m[:, :, 1] * ys.view(1, 1, -1, 1) + m[:, :, 2]
+    return F.grid_sample(
+        images, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 def _range(name: str, value: Sequence[float]) -> tuple[float, float]:

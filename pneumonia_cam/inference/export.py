@@ -134,6 +134,7 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
         # the backbone stage whose maps the `cam` output weights (the one feeding the head)
         "cam_layer": list(model.net.features.named_children())[-1][0],
         "tta_views": list(model.net.views) if isinstance(model.net, TTANet) else ["identity"],
+        "tta_merge": model.net.merge if isinstance(model.net, TTANet) else "probability",
         "opset": opset,
         "torch": torch.__version__,
     }

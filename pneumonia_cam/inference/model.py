@@ -6,7 +6,7 @@ given image gets the same probabilities and the same decision on every path.
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Self
 
@@ -15,6 +15,7 @@ import torch
 from lightning import LightningModule
 from omegaconf import DictConfig
 
+from pneumonia_cam.data.batch_augment import black_level
 from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
@@ -55,6 +56,12 @@ class Explanation:
     grids: torch.Tensor  # B x h x w class-activation grids, before upsampling and normalisation
     maps: list[np.ndarray]  # [0, 1] maps at each image's original size
     targets: torch.Tensor  # the class each map explains
+
+
+def tta_options(cfg: Mapping) -> dict:
+    """`with_tta` keyword arguments from an entry point's `tta` config group (views, merge)."""
+    tta = cfg.get("tta") or {}
+    return {"views": list(tta.get("views") or ["identity"]), "merge": tta.get("merge", "probability")}
 
 
 class InferenceModel:
@@ -114,18 +121,20 @@ class InferenceModel:
                 source="threshold= on the command line",
             )
             log.info("Operating point: threshold %.4f from the command line", model.operating_point.threshold)
-        views = cfg.get("tta", {}).get("views") or ["identity"]
-        return model.with_tta(list(views)).configure(cfg.get("precision", "fp32"), cfg.get("compile", False))
+        return model.with_tta(**tta_options(cfg)).configure(
+            cfg.get("precision", "fp32"), cfg.get("compile", False)
+        )
 
     @staticmethod
     def load_options(cfg: DictConfig) -> dict:
         """Backend-specific keyword arguments of `from_checkpoint` taken from an entry point's config."""
         return {}
 
-    def with_tta(self, views: Sequence[str]) -> Self:
-        """See each image through `views` (e.g. hflip): mean probabilities, CAMs mapped back and averaged."""
+    def with_tta(self, views: Sequence[str], merge: str = "probability") -> Self:
+        """See each image through `views` (e.g. hflip, zoom:1.1): merged probabilities, CAMs mapped back."""
         if list(views) != ["identity"]:
-            self.net = TTANet(self.net, views)
+            fill = black_level(self.preprocessor.transform) if self.preprocessor is not None else 0.0
+            self.net = TTANet(self.net, views, merge, fill)
             self.predictor = Predictor(self.net, self.net.features_and_logits)
         return self
 

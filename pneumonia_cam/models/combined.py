@@ -11,15 +11,22 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pneumonia_cam.data.batch_augment import affine_theta, warp
 from pneumonia_cam.models.net import ChestXrayNet
 
-TTA_VIEWS = ("identity", "hflip")
+TTA_VIEWS = ("identity", "hflip", "rotate:<degrees>", "zoom:<factor>", "shift:<dx>:<dy>")
+TTA_MERGES = ("probability", "logit")
 
 
 def log_mean_softmax(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """Logits whose softmax is the mean of the parts' softmaxes."""
     stacked = torch.stack([torch.log_softmax(part.float(), dim=1) for part in logits])
     return torch.logsumexp(stacked, dim=0) - torch.log(torch.tensor(float(len(logits))))
+
+
+def mean_log_softmax(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax is the normalised geometric mean of the parts' softmaxes."""
+    return torch.stack([torch.log_softmax(part.float(), dim=1) for part in logits]).mean(0)
 
 
 class MeanCamHead(nn.Module):
@@ -75,21 +82,81 @@ class EnsembleNet(CombinedNet):
         return torch.log_softmax(self.features_and_logits(x)[1], dim=1)
 
 
-def _view(x: torch.Tensor, name: str) -> torch.Tensor:
-    """One test-time view of a batch (every view is its own inverse on the feature grid)."""
-    return torch.flip(x, dims=(-1,)) if name == "hflip" else x
+class TTAView:
+    """One test-time view: `identity`, `hflip`, or an affine of the batch stage's kind.
+
+    `rotate:<degrees>` (positive turns counter-clockwise), `zoom:<factor>` (above 1 magnifies the centre) and
+    `shift:<dx>:<dy>` (fractions of the width and height) resample the image with the batch stage's geometry
+    and fill (`fill`: the model input of a black pixel, as the batch stage pads before normalising); `invert`
+    maps a view's feature maps back onto the image's grid (zeros where the view did not see the image).
+    """
+
+    def __init__(self, name: str) -> None:
+        kind, *values = str(name).split(":")
+        counts = {"identity": 0, "hflip": 0, "rotate": 1, "zoom": 1, "shift": 2}
+        try:
+            if kind not in counts or len(values) != counts[kind]:
+                raise ValueError(f"unknown view or wrong number of values ({len(values)})")
+            numbers = [float(value) for value in values]
+        except ValueError as error:
+            raise ValueError(f"TTA view {name!r}: {error}; choose from {list(TTA_VIEWS)}") from None
+        if kind == "zoom" and numbers[0] <= 0:
+            raise ValueError(f"TTA view {name!r}: the zoom factor must be positive")
+        self.name, self.kind = str(name), kind
+        self.degrees = numbers[0] if kind == "rotate" else 0.0
+        self.zoom = numbers[0] if kind == "zoom" else 1.0
+        self.shift = tuple(numbers) if kind == "shift" else (0.0, 0.0)
+
+    def theta(self, like: torch.Tensor) -> torch.Tensor:
+        """1 x 2 x 3 output->input map of this view for a batch shaped like `like`."""
+        values = torch.tensor([self.degrees, self.zoom, *self.shift], device=like.device).view(4, 1)
+        return affine_theta(*values, int(like.shape[-2]), int(like.shape[-1]))
+
+    def apply(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """The batch as this view sees it."""
+        if self.kind == "identity":
+            return x
+        if self.kind == "hflip":
+            return torch.flip(x, dims=(-1,))
+        theta = self.theta(x).to(x.dtype).expand(x.shape[0], -1, -1)
+        return warp(x - fill, theta) + fill
+
+    def invert(self, maps: torch.Tensor) -> torch.Tensor:
+        """This view's feature maps on the original image's grid."""
+        if self.kind in ("identity", "hflip"):
+            return self.apply(maps, maps.new_zeros(()))
+        theta = self.theta(maps)
+        square = torch.cat([theta[0], theta.new_tensor([[0.0, 0.0, 1.0]])])
+        inverse = torch.linalg.inv(square)[:2].to(maps.dtype)
+        return warp(maps, inverse.unsqueeze(0).expand(maps.shape[0], -1, -1))
 
 
 class TTANet(CombinedNet):
-    """A net seen through several views: mean probabilities; maps mapped back to the image, then averaged."""
+    """A net seen through several views: merged probabilities; maps mapped back to the image, then averaged.
 
-    def __init__(self, net: nn.Module, views: Sequence[str]) -> None:
+    `merge=probability` averages the views' probabilities, `merge=logit` their log-probabilities (a normalised
+    geometric mean). Either way the CAM is the mean of the views' CAMs mapped back onto the image.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        views: Sequence[str],
+        merge: str = "probability",
+        fill: Sequence[float] | float = 0.0,
+    ) -> None:
         super().__init__()
-        unknown = sorted(set(views) - set(TTA_VIEWS))
-        if unknown or not views:
-            raise ValueError(f"TTA views {list(views)}: choose one or more of {list(TTA_VIEWS)}")
+        if not views:
+            raise ValueError(f"TTA needs one or more views of {list(TTA_VIEWS)}")
+        if merge not in TTA_MERGES:
+            raise ValueError(f"TTA merge {merge!r}: choose one of {list(TTA_MERGES)}")
         self.net = net
-        self.views = tuple(views)
+        self.views = tuple(str(view) for view in views)
+        self.parsed = [TTAView(view) for view in self.views]
+        self.merge = merge
+        self.register_buffer(
+            "fill", torch.as_tensor(fill, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False
+        )
 
     @property
     def features(self) -> nn.Module:
@@ -102,11 +169,13 @@ class TTANet(CombinedNet):
         return self.net.head
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean of the views' maps (each flipped back) and the log of their mean probabilities."""
-        parts = [self.net.features_and_logits(_view(x, view)) for view in self.views]
-        maps = torch.stack([_view(m, view) for (m, _), view in zip(parts, self.views, strict=True)]).mean(0)
-        return maps, log_mean_softmax([logits for _, logits in parts])
+        """Mean of the views' maps (each mapped back) and the merged logits."""
+        fill = self.fill.to(x.dtype)
+        parts = [self.net.features_and_logits(view.apply(x, fill)) for view in self.parsed]
+        maps = torch.stack([view.invert(m) for (m, _), view in zip(parts, self.parsed, strict=True)]).mean(0)
+        merge = log_mean_softmax if self.merge == "probability" else mean_log_softmax
+        return maps, merge([logits for _, logits in parts])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class log-probabilities (log of the mean probability over views)."""
+        """Class log-probabilities of the merged views."""
         return torch.log_softmax(self.features_and_logits(x)[1], dim=1)
