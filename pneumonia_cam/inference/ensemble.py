@@ -69,11 +69,10 @@ def save_ensemble(members: Sequence[str | os.PathLike], output: str | os.PathLik
     for ckpt, checkpoint in zip(members, contents, strict=True):
         if MEMBERS_KEY in checkpoint:
             raise ValueError(f"{ckpt} is itself an ensemble: pass its members")
-        module_cls = hydra.utils.get_class(load_run_config(ckpt, checkpoint).model._target_)
-        module = module_cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, weights=None)
+        net = checkpoint_net(ckpt, checkpoint, load_run_config(ckpt, checkpoint).model._target_)
         entries.append(
             {
-                "net": module.inference_net.state_dict(),  # the weights the member deploys (EMA when kept)
+                "net": net.state_dict(),  # the weights the member deploys (EMA when kept)
                 "hyper_parameters": dict(checkpoint["hyper_parameters"]),
                 "source": str(ckpt),
                 "source_sha256": checkpoint_sha256(ckpt),
