@@ -87,7 +87,7 @@ def save_sidecar(cfg: DictConfig, point: dict[str, Any], split_hash: str, member
             f"checkpoint was trained on ({trained_on}); only the model's own validation split may set it"
         )
     else:
-        sidecar = save_operating_point(point, cfg.ckpt_path, split_hash)
+        sidecar = save_operating_point(point, cfg.ckpt_path, split_hash, tta_options(cfg))
         log.info(f"Operating point saved to {sidecar} (predict.py, the server and later evals reuse it)")
 
 
@@ -175,7 +175,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     parts += [predict_splits(trainer, load_model(ckpt, cfg), datamodule) for ckpt in members]
     test_predictions = pipeline.average_predictions([test for test, _ in parts])
     val_predictions = None if parts[0][1] is None else pipeline.average_predictions([val for _, val in parts])
-    point = pipeline.choose_operating_point(cfg.operating_point, val_predictions, cfg.ckpt_path)
+    point = pipeline.choose_operating_point(
+        cfg.operating_point, val_predictions, cfg.ckpt_path, tta_options(cfg)
+    )
     log.info(f"Operating point: threshold {point['threshold']:.4f} ({point['method']})")
 
     out_dir = Path(cfg.paths.output_dir)

@@ -58,8 +58,8 @@ def quantize(model: InferenceModel, exported: OnnxModel, cfg: DictConfig) -> dic
 @task_wrapper
 def export(cfg: DictConfig) -> tuple[dict, dict]:
     """Load, check what can be exported, write, reload in ONNX Runtime and compare."""
-    model = InferenceModel.from_checkpoint(cfg.ckpt_path, operating_point=cfg.operating_point)
-    model.with_tta(**tta_options(cfg))  # the views become part of the graph
+    # the views become part of the graph, with the operating point chosen with them
+    model = InferenceModel.from_checkpoint(cfg.ckpt_path, cfg.operating_point, tta=tta_options(cfg))
     check_exportable(model, cfg.format, cfg.opset)  # the CLI picks the format; export_onnx re-checks onnx
     path = export_onnx(model, cfg.output, cfg.opset)
     result = {"output": str(path), "metadata": f"{path}.json"}

@@ -48,6 +48,22 @@ def ckpt(smoke_checkpoint, tmp_path):
     return path
 
 
+def test_a_threshold_chosen_with_tta_views_stays_with_those_views(ckpt):
+    """eval with tta=xray saves beside, not over, the plain sidecar; each load finds the one of its views."""
+    xray = {"views": ["identity", "zoom:1.08"], "merge": "probability"}
+    save_operating_point(POINT, ckpt, training_split_sha256(ckpt))
+    save_operating_point({**POINT, "threshold": 0.75}, ckpt, training_split_sha256(ckpt), xray)
+    assert sidecar_path(ckpt, xray) != sidecar_path(ckpt) and sidecar_path(ckpt, xray).is_file()
+    assert sidecar_path(ckpt, {"views": ["identity"], "merge": "logit"}) == sidecar_path(ckpt)
+    assert sidecar_path(ckpt, {**xray, "merge": "logit"}) != sidecar_path(ckpt, xray)
+    assert load_operating_point(ckpt, "stored").threshold == 0.3125
+    assert load_operating_point(ckpt, "stored", xray).threshold == 0.75
+    model = InferenceModel.from_checkpoint(ckpt, tta=xray)
+    assert model.operating_point.threshold == 0.75 and model.net.views == tuple(xray["views"])
+    with pytest.raises(FileNotFoundError, match="same tta"):
+        load_operating_point(ckpt, "stored", {"views": ["identity", "rotate:5"]})
+
+
 def test_sidecar_is_used_under_auto_and_stored_but_not_default(ckpt):
     save_operating_point(POINT, ckpt, training_split_sha256(ckpt))
     for policy in ("auto", "stored"):

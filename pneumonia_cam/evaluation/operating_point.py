@@ -5,9 +5,11 @@ images chose it, so a checkpoint overwritten later (e.g. `last.ckpt` of a resume
 a threshold chosen for other weights.
 """
 
+import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,14 +64,31 @@ class OperatingPoint:
         )
 
 
-def sidecar_path(ckpt_path: str | Path) -> Path:
-    """`epoch_007.ckpt` -> `epoch_007.operating_point.json` in the same folder."""
-    return Path(ckpt_path).with_suffix(OPERATING_POINT_SUFFIX)
+def tta_key(tta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The test-time views and merge a threshold was chosen with; None for the plain image."""
+    views = list((tta or {}).get("views") or ["identity"])
+    return (
+        None if views == ["identity"] else {"views": views, "merge": (tta or {}).get("merge", "probability")}
+    )
 
 
-def stored_operating_point(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The sidecar an earlier eval saved for exactly this checkpoint, or None; a stale one is refused."""
-    path = sidecar_path(ckpt_path)
+def sidecar_path(ckpt_path: str | Path, tta: Mapping[str, Any] | None = None) -> Path:
+    """`epoch_007.ckpt` -> `epoch_007.operating_point.json`, or `epoch_007.tta-<hash>.operating_point.json`.
+
+    A threshold belongs to the probabilities it was chosen on, so each set of views keeps its own.
+    """
+    key = tta_key(tta)
+    if key is None:
+        return Path(ckpt_path).with_suffix(OPERATING_POINT_SUFFIX)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(ckpt_path).with_suffix(f".tta-{digest}{OPERATING_POINT_SUFFIX}")
+
+
+def stored_operating_point(
+    ckpt_path: str | Path, tta: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The sidecar an earlier eval saved for this checkpoint and views, or None; a stale one is refused."""
+    path = sidecar_path(ckpt_path, tta)
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
@@ -89,11 +108,14 @@ def stored_operating_point(ckpt_path: str | Path) -> dict[str, Any] | None:
     return stored
 
 
-def save_operating_point(point: dict[str, Any], ckpt_path: str | Path, split_sha256: str) -> Path:
+def save_operating_point(
+    point: dict[str, Any], ckpt_path: str | Path, split_sha256: str, tta: Mapping[str, Any] | None = None
+) -> Path:
     """Write the chosen threshold/temperature next to the checkpoint, with its and the split's hashes."""
-    path = sidecar_path(ckpt_path)
+    path = sidecar_path(ckpt_path, tta)
     record = {
         **point,
+        "tta": tta_key(tta),
         "checkpoint": str(Path(ckpt_path).resolve()),
         "checkpoint_sha256": checkpoint_sha256(ckpt_path),
         "split_sha256": split_sha256,
@@ -102,15 +124,18 @@ def save_operating_point(point: dict[str, Any], ckpt_path: str | Path, split_sha
     return path
 
 
-def load_operating_point(ckpt_path: str | Path, policy: str = "auto") -> OperatingPoint:
+def load_operating_point(
+    ckpt_path: str | Path, policy: str = "auto", tta: Mapping[str, Any] | None = None
+) -> OperatingPoint:
     """The operating point a loaded checkpoint uses under `policy` (auto | stored | default), logged."""
     if policy not in OPERATING_POINT_POLICIES:
         raise ValueError(f"operating_point must be one of {list(OPERATING_POINT_POLICIES)}, got {policy!r}")
-    stored = None if policy == "default" else stored_operating_point(ckpt_path)
+    stored = None if policy == "default" else stored_operating_point(ckpt_path, tta)
     if stored is None and policy == "stored":
         raise FileNotFoundError(
-            f"No {sidecar_path(ckpt_path).name} next to {ckpt_path}: run `python src/eval.py ckpt_path=... "
-            "operating_point.method=youden` first, or use operating_point=default"
+            f"No {sidecar_path(ckpt_path, tta).name} next to {ckpt_path}: run `python src/eval.py "
+            "ckpt_path=... "
+            "operating_point.method=youden` first (with the same tta), or use operating_point=default"
         )
     if stored is None:
         point = OperatingPoint()
@@ -118,7 +143,7 @@ def load_operating_point(ckpt_path: str | Path, policy: str = "auto") -> Operati
             "Operating point: defaults (threshold %.2f, temperature 1; policy %s)", point.threshold, policy
         )
         return point
-    point = OperatingPoint.from_dict(stored, source=str(sidecar_path(ckpt_path)))
+    point = OperatingPoint.from_dict(stored, source=str(sidecar_path(ckpt_path, tta)))
     log.info(
         "Operating point: threshold %.4f, temperature %.3f, %s on the %s, from %s (policy %s)",
         point.threshold,

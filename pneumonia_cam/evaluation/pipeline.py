@@ -1,6 +1,6 @@
 """Everything eval.py reports: predictions per split, operating point, calibration, CIs, plots, report."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +91,17 @@ def nll(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
 
 
-def choose_operating_point(cfg: DictConfig, val: SplitPredictions | None, ckpt_path: str) -> dict[str, Any]:
+def choose_operating_point(
+    cfg: DictConfig, val: SplitPredictions | None, ckpt_path: str, tta: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Threshold and temperature from config, from the validation split, or from an earlier eval."""
     method = cfg.method
     if method == "stored":
-        stored = stored_operating_point(ckpt_path)
+        stored = stored_operating_point(ckpt_path, tta)
         if stored is None:
             raise FileNotFoundError(
-                f"No {sidecar_path(ckpt_path).name} next to {ckpt_path}: run eval.py "
-                "with operating_point.method=youden|sensitivity first, "
+                f"No {sidecar_path(ckpt_path, tta).name} next to {ckpt_path}: run eval.py "
+                "with operating_point.method=youden|sensitivity (and the same tta) first, "
                 "or pass operating_point.method=fixed operating_point.threshold=<value>"
             )
         return {**stored, "method": f"stored ({stored['method']})"}

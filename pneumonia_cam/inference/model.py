@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -86,9 +86,13 @@ class InferenceModel:
 
     @classmethod
     def from_checkpoint(
-        cls, ckpt_path: str | os.PathLike, operating_point: str = "auto", map_location: str = "cpu"
+        cls,
+        ckpt_path: str | os.PathLike,
+        operating_point: str = "auto",
+        map_location: str = "cpu",
+        tta: Mapping[str, Any] | None = None,
     ) -> Self:
-        """Network, eval transform, class names and operating point (policy auto | stored | default)."""
+        """Network, eval transform, class names, TTA views and the operating point chosen with those views."""
         checkpoint = load_checkpoint(ckpt_path)
         run_config = load_run_config(ckpt_path, checkpoint)
         net = checkpoint_net(ckpt_path, checkpoint, run_config.model._target_, map_location)
@@ -98,13 +102,14 @@ class InferenceModel:
             backbone=backbone_name(checkpoint),
             image_size=int(run_config.data.image_size),
         )
-        return cls(
+        model = cls(
             net.eval(),
             run_config.data.class_names,
             ImagePreprocessor.from_data_config(run_config.data),
-            load_operating_point(ckpt_path, operating_point),
+            load_operating_point(ckpt_path, operating_point, tta),
             info,
         )
+        return model.with_tta(**tta) if tta else model
 
     load_pretrained = from_checkpoint
 
@@ -112,7 +117,7 @@ class InferenceModel:
     def from_config(cls, cfg: DictConfig) -> Self:
         """What predict, visualize and serve configs ask for: checkpoint, operating point, precision."""
         model = cls.from_checkpoint(
-            cfg.ckpt_path, cfg.get("operating_point", "auto"), **cls.load_options(cfg)
+            cfg.ckpt_path, cfg.get("operating_point", "auto"), tta=tta_options(cfg), **cls.load_options(cfg)
         )
         if cfg.get("threshold") is not None:
             model.operating_point = OperatingPoint(

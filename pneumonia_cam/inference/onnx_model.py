@@ -7,8 +7,8 @@ so Grad-CAM and other layers are refused by name.
 """
 
 import os
-from collections.abc import Sequence
-from typing import Self
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ class OnnxInferenceModel(InferenceModel):
         operating_point: str = "auto",
         map_location: str = "cpu",
         threads: int | None = None,
+        tta: Mapping[str, Any] | None = None,
     ) -> Self:
         """An exported file; its stored operating point unless the policy is `default` (threshold 0.5)."""
         if operating_point not in OPERATING_POINT_POLICIES:
@@ -76,14 +77,15 @@ class OnnxInferenceModel(InferenceModel):
             backbone=str(meta["backbone"]),
             image_size=int(meta["image_size"]),
         )
-        return cls(runtime, OperatingPoint() if operating_point == "default" else stored, info)
+        model = cls(runtime, OperatingPoint() if operating_point == "default" else stored, info)
+        return model.with_tta(**(tta or {"views": ["identity"]}))
 
     @staticmethod
     def load_options(cfg: DictConfig) -> dict:
         """ONNX Runtime's intra-op threads from `threads` (null: torch's thread count)."""
         return {"threads": cfg.get("threads")}
 
-    def with_tta(self, views: Sequence[str]) -> Self:
+    def with_tta(self, views: Sequence[str], merge: str = "probability") -> Self:
         """No views added at run time: TTA is exported into the graph (src/export.py tta=...)."""
         if list(views) != ["identity"]:
             raise ValueError(
