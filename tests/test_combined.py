@@ -133,16 +133,30 @@ def test_black_level_is_the_normalised_black_pixel(smoke_checkpoint):
     np.testing.assert_allclose(black_level(model.preprocessor.transform), expected, rtol=1e-6)
 
 
+def softened_copy(ckpt: Path, out: Path) -> Path:
+    """The smoke model with its head scaled down: probabilities off 0 and 1, so views can disagree."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for key, value in checkpoint["state_dict"].items():
+        if key.endswith("head.fc.weight") or key.endswith("head.fc.bias"):
+            value.mul_(0.01)
+    torch.save(checkpoint, out)
+    return out
+
+
 def test_tta_xray_config_on_the_python_api_and_onnx(smoke_checkpoint, tmp_path):
     """`tta=xray` from a config: the merged views' probability, the same from the exported ONNX graph."""
     tta = OmegaConf.load(Path(__file__).parents[1] / "configs" / "tta" / "xray.yaml")
-    model = InferenceModel.from_config(OmegaConf.create({"ckpt_path": str(smoke_checkpoint), "tta": tta}))
-    plain = InferenceModel.from_checkpoint(smoke_checkpoint)
+    ckpt = softened_copy(smoke_checkpoint, tmp_path / "soft.ckpt")
+    model = InferenceModel.from_config(OmegaConf.create({"ckpt_path": str(ckpt), "tta": tta}))
+    plain = InferenceModel.from_checkpoint(ckpt)
     image = (np.random.default_rng(2).random((80, 100)) * 255).astype(np.uint8)
     tensor = plain.prepare(image).tensor[None]
     fill = torch.tensor(black_level(plain.preprocessor.transform)).view(1, -1, 1, 1)
-    expected = torch.stack([plain.predict_proba(TTAView(v).apply(tensor, fill)) for v in tta.views]).mean(0)
+    per_view = torch.stack([plain.predict_proba(TTAView(v).apply(tensor, fill)) for v in tta.views])
+    assert float(per_view[:, 0, 1].max() - per_view[:, 0, 1].min()) > 1e-4  # the views do disagree
+    expected = per_view.mean(0)
     torch.testing.assert_close(model.predict_proba(tensor), expected, atol=1e-6, rtol=0)
+    assert isinstance(model.net, TTANet) and not isinstance(model.net.net, TTANet)  # wrapped once
     exported = OnnxModel(export_onnx(model, tmp_path / "tta.onnx"))
     np.testing.assert_allclose(exported.predict_proba(tensor.numpy()), expected.numpy(), atol=1e-5)
     assert exported.metadata["tta_views"] == list(tta.views)

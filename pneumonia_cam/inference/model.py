@@ -126,9 +126,7 @@ class InferenceModel:
                 source="threshold= on the command line",
             )
             log.info("Operating point: threshold %.4f from the command line", model.operating_point.threshold)
-        return model.with_tta(**tta_options(cfg)).configure(
-            cfg.get("precision", "fp32"), cfg.get("compile", False)
-        )
+        return model.configure(cfg.get("precision", "fp32"), cfg.get("compile", False))
 
     @staticmethod
     def load_options(cfg: DictConfig) -> dict:
