@@ -102,15 +102,19 @@ class TTAView:
             raise ValueError(f"TTA view {name!r}: {error}; choose from {list(TTA_VIEWS)}") from None
         if kind == "zoom" and numbers[0] <= 0:
             raise ValueError(f"TTA view {name!r}: the zoom factor must be positive")
-        self.name, self.kind = str(name), kind
+        self.kind = kind
         self.degrees = numbers[0] if kind == "rotate" else 0.0
         self.zoom = numbers[0] if kind == "zoom" else 1.0
         self.shift = tuple(numbers) if kind == "shift" else (0.0, 0.0)
 
-    def theta(self, like: torch.Tensor) -> torch.Tensor:
-        """1 x 2 x 3 output->input map of this view for a batch shaped like `like`."""
-        values = torch.tensor([self.degrees, self.zoom, *self.shift], device=like.device).view(4, 1)
-        return affine_theta(*values, int(like.shape[-2]), int(like.shape[-1]))
+    def theta(self, like: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """B x 2 x 3 output->input maps of this view (or of its inverse) for a batch shaped like `like`."""
+        degrees, zoom, (dx, dy) = self.degrees, self.zoom, self.shift
+        if inverse:  # one kind per view, so the inverse is the same kind with the opposite parameter
+            degrees, zoom, dx, dy = -degrees, 1.0 / zoom, -dx, -dy
+        values = torch.tensor([degrees, zoom, dx, dy], device=like.device).view(4, 1)
+        theta = affine_theta(*values, int(like.shape[-2]), int(like.shape[-1]))
+        return theta.to(like.dtype).expand(like.shape[0], -1, -1)
 
     def apply(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """The batch as this view sees it."""
@@ -118,17 +122,13 @@ class TTAView:
             return x
         if self.kind == "hflip":
             return torch.flip(x, dims=(-1,))
-        theta = self.theta(x).to(x.dtype).expand(x.shape[0], -1, -1)
-        return warp(x - fill, theta) + fill
+        return warp(x - fill, self.theta(x)) + fill
 
     def invert(self, maps: torch.Tensor) -> torch.Tensor:
         """This view's feature maps on the original image's grid."""
         if self.kind in ("identity", "hflip"):
-            return self.apply(maps, maps.new_zeros(()))
-        theta = self.theta(maps)
-        square = torch.cat([theta[0], theta.new_tensor([[0.0, 0.0, 1.0]])])
-        inverse = torch.linalg.inv(square)[:2].to(maps.dtype)
-        return warp(maps, inverse.unsqueeze(0).expand(maps.shape[0], -1, -1))
+            return self.apply(maps, maps.new_zeros(()))  # each is its own inverse
+        return warp(maps, self.theta(maps, inverse=True))
 
 
 class TTANet(CombinedNet):
