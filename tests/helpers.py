@@ -38,6 +38,16 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     )
 
 
+def softened_copy(ckpt: Path, out: Path) -> Path:
+    """The smoke model with its head scaled down: probabilities off 0 and 1, so views can disagree."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for key, value in checkpoint["state_dict"].items():
+        if key.endswith("head.fc.weight") or key.endswith("head.fc.bias"):
+            value.mul_(0.01)
+    torch.save(checkpoint, out)
+    return out
+
+
 def perturbed_copy(ckpt: Path, out: Path, data_seed: int | None = None) -> Path:
     """Another model of the same run: head weights shifted (and optionally the stored data seed changed)."""
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import assert_ok, perturbed_copy, run_entry_point
+from helpers import assert_ok, perturbed_copy, run_entry_point, softened_copy
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
@@ -131,16 +131,6 @@ def test_black_level_is_the_normalised_black_pixel(smoke_checkpoint):
     normalize = next(s for s in model.preprocessor.transform.transforms if type(s).__name__ == "Normalize")
     expected = [-m / s for m, s in zip(normalize.mean, normalize.std, strict=True)]
     np.testing.assert_allclose(black_level(model.preprocessor.transform), expected, rtol=1e-6)
-
-
-def softened_copy(ckpt: Path, out: Path) -> Path:
-    """The smoke model with its head scaled down: probabilities off 0 and 1, so views can disagree."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    for key, value in checkpoint["state_dict"].items():
-        if key.endswith("head.fc.weight") or key.endswith("head.fc.bias"):
-            value.mul_(0.01)
-    torch.save(checkpoint, out)
-    return out
 
 
 def test_tta_xray_config_on_the_python_api_and_onnx(smoke_checkpoint, tmp_path):

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import KERMANY, ROOT, SHARED_DATA, assert_ok, compose_config, run_entry_point
+from helpers import KERMANY, ROOT, SHARED_DATA, assert_ok, compose_config, run_entry_point, softened_copy
 from hydra.core.global_hydra import GlobalHydra
 
 from pneumonia_cam.data import preprocessor
@@ -260,6 +260,7 @@ def test_health_ready_model_docs_and_viewer(client, model, smoke_checkpoint):
     assert described["precision"] == "fp32" and described["device"] == "cpu"
     assert described["backend"] in {"torch", "onnxruntime"}
     assert described["model"]["backbone"] == model.info.backbone
+    assert described["tta"] == {"views": ["identity"], "merge": "probability"}
     assert described["batching"]["max_batch_size"] == 16 and described["batching"]["max_wait_ms"] == 50
     assert described["batching"]["batches_run"] >= 1  # the warm-up
     assert described["limits"] == {
@@ -294,6 +295,30 @@ def test_predict_synthetic_matches_python_api(client, model):
         assert body["cam"] is None and body["original_png"] is None
         assert set(body["timing_ms"]) == {"decode", "queue", "inference", "total"}
         assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
+
+
+def test_tta_server_reports_its_views_and_answers_with_them(smoke_checkpoint, tmp_path):
+    """`serve.py tta=xray` and its ONNX export: /v1/model names the views; /v1/predict answers with them."""
+    ckpt = softened_copy(smoke_checkpoint, tmp_path / "soft.ckpt")
+    cfg = serve_config(ckpt, "tta=xray")
+    model = InferenceModel.from_config(cfg)
+    plain = InferenceModel.from_checkpoint(ckpt)
+    data = png_bytes(synthetic_xray())
+    tensor = model.prepare(decode_grayscale(data)).tensor[None]
+    expected = model.predict_proba(tensor)[0].numpy()
+    assert abs(expected[1] - plain.predict_proba(tensor)[0, 1].item()) > 1e-4  # the views change the answer
+    onnx = export_onnx(model, tmp_path / "tta.onnx")
+    for path, backend in ((ckpt, "torch"), (onnx, "onnxruntime")):
+        overrides = ("tta=xray",) if backend == "torch" else ()
+        with TestClient(create_app(serve_config(path, f"backend={backend}", *overrides))) as served:
+            wait_ready(served)
+            assert served.get("/v1/model").json()["tta"] == {
+                "views": list(cfg.tta.views),
+                "merge": "probability",
+            }
+            body = served.post("/v1/predict", files=upload(data)).json()
+        got = [body["probabilities"][name] for name in model.class_names]
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.real_data

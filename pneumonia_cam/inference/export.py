@@ -25,7 +25,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from pneumonia_cam.inference.model import InferenceModel
-from pneumonia_cam.models.combined import MeanCamHead, TTANet
+from pneumonia_cam.models.combined import MeanCamHead
 from pneumonia_cam.models.net import ClassifierHead
 from pneumonia_cam.runtime.onnx import FORMAT_VERSION, METADATA_KEY, OnnxModel
 from pneumonia_cam.runtime.preprocess import STEP_NAMES, Step
@@ -133,8 +133,8 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
         "outputs": {"logits": "B x K", "cam": "B x K x h x w, raw (before upsampling, ReLU and min-max)"},
         # the backbone stage whose maps the `cam` output weights (the one feeding the head)
         "cam_layer": list(model.net.features.named_children())[-1][0],
-        "tta_views": list(model.net.views) if isinstance(model.net, TTANet) else ["identity"],
-        "tta_merge": model.net.merge if isinstance(model.net, TTANet) else "probability",
+        "tta_views": model.tta["views"],
+        "tta_merge": model.tta["merge"],
         "opset": opset,
         "torch": torch.__version__,
     }

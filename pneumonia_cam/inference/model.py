@@ -141,6 +141,13 @@ class InferenceModel:
             self.predictor = Predictor(self.net, self.net.features_and_logits)
         return self
 
+    @property
+    def tta(self) -> dict:
+        """The views each image is seen through and how they merge (identity alone: no TTA)."""
+        if isinstance(self.net, TTANet):
+            return {"views": list(self.net.views), "merge": self.net.merge}
+        return {"views": ["identity"], "merge": "probability"}
+
     def configure(self, precision: str = "fp32", compile: bool = False) -> Self:
         """Pick the predictor's precision (fp32 | bf16) and torch.compile; every path goes through it."""
         self.predictor = Predictor(

@@ -94,6 +94,13 @@ class OnnxInferenceModel(InferenceModel):
             )
         return self
 
+    @property
+    def tta(self) -> dict:
+        """The views exported into the graph (files exported before TTA metadata have none)."""
+        meta = self.runtime.metadata
+        views = list(meta.get("tta_views", ["identity"]))
+        return {"views": views, "merge": meta.get("tta_merge", "probability")}
+
     def configure(self, precision: str = "fp32", compile: bool = False) -> Self:
         """Only fp32 without torch.compile: the exported graph is what runs."""
         if precision != "fp32" or compile:

@@ -198,6 +198,7 @@ class ModelServer:
             "precision": self.model.precision,
             "compile": bool(self.cfg.get("compile", False)),
             "device": str(self.model.device),
+            "tta": self.model.tta,
             "batching": {
                 "max_batch_size": self.batcher.max_batch_size,
                 "max_wait_ms": self.batcher.max_wait * 1000.0,

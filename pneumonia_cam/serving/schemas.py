@@ -150,6 +150,13 @@ class LimitsOut(BaseModel):
     max_files: int
 
 
+class TTAOut(BaseModel):
+    """Test-time augmentation: every answer (probabilities, CAM, operating point) is of these views merged."""
+
+    views: list[str] = Field(description="identity alone: no TTA; e.g. rotate:8, zoom:1.08, hflip")
+    merge: Literal["probability", "logit"]
+
+
 class CamSettings(BaseModel):
     """How CAMs are computed and drawn."""
 
@@ -170,6 +177,7 @@ class ModelDescription(BaseModel):
     precision: str
     compile: bool
     device: str
+    tta: TTAOut
     batching: BatchingOut
     limits: LimitsOut
     cam: CamSettings
