@@ -46,6 +46,7 @@ from pneumonia_cam.utils.run_config import checkpoint_sha256
 DICOMS = SHARED_DATA / "dicom_samples"
 MAX_BODY = 1 << 20  # the module app's body limit: 1 MiB
 MAX_FILES = 4
+CSV_ROUNDING = 5e-7  # predictions.csv writes probabilities to 6 decimals
 
 
 def serve_config(ckpt: Path, *overrides: str):
@@ -769,7 +770,8 @@ def test_http_matches_eval_predictions(client, smoke_checkpoint, cfg_eval):
     for _, row in table.iterrows():
         body = client.post("/v1/predict", files=upload(Path(row["path"]).read_bytes())).json()
         assert body["label"] == row["prediction_name"]
-        assert body["probabilities"]["PNEUMONIA"] == pytest.approx(row["probability"], abs=1e-6)
+        # the CSV's rounding plus up to 1e-6 between eval's torch batch and the backend's
+        assert body["probabilities"]["PNEUMONIA"] == pytest.approx(row["probability"], abs=CSV_ROUNDING + 1e-6)
 
 
 def test_heap_growth_bound_applies_on_glibc():
