@@ -18,6 +18,7 @@ from lightning import Callback, LightningDataModule, LightningModule, Trainer  #
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
+import pneumonia_cam.models  # noqa: E402,F401  (registers the weights_input resolver of data configs)
 from pneumonia_cam.data.feature_cache import FeatureDataset  # noqa: E402
 from pneumonia_cam.data.image_cache import ImageCache  # noqa: E402
 from pneumonia_cam.utils import extras, task_wrapper  # noqa: E402

@@ -12,6 +12,7 @@ rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
 import hydra  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
+import pneumonia_cam.models  # noqa: E402,F401  (registers the weights_input resolver of data configs)
 from pneumonia_cam.data.checks import cross_split_duplicates, data_report, write_report  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, task_wrapper  # noqa: E402
 

@@ -14,6 +14,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from helpers import compose_config  # noqa: E402
 
+import pneumonia_cam.models  # noqa: E402  (registers the weights_input resolver)
 import pneumonia_cam.utils  # noqa: E402,F401  (registers the config resolvers)
 
 

@@ -27,7 +27,7 @@ def _empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_feature_map_shapes(name: str, size: int, channels: int, side: int) -> None:
-    features, num_features = build_backbone(name, weights=None)
+    features, num_features, _ = build_backbone(name, weights=None)
     maps = features.eval()(torch.randn(2, 3, size, size))
     assert num_features == channels
     assert maps.shape == (2, channels, side, side)
@@ -35,13 +35,13 @@ def test_feature_map_shapes(name: str, size: int, channels: int, side: int) -> N
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_resnet_exposes_named_layer4(name: str) -> None:
-    features, _ = build_backbone(name, weights=None)
+    features, _, _ = build_backbone(name, weights=None)
     assert [child for child, _ in features.named_children()][-1] == "layer4"
     assert isinstance(features.layer4, torch.nn.Sequential)
 
 
 def test_densenet_ends_with_relu_like_torchvision() -> None:
-    features, _ = build_backbone("densenet121", weights=None)
+    features, _, _ = build_backbone("densenet121", weights=None)
     maps = features.eval()(torch.randn(1, 3, 64, 64))
     assert maps.min() >= 0
     assert isinstance(features.relu5, torch.nn.ReLU)
@@ -98,14 +98,14 @@ def _assert_same_state(actual: dict[str, torch.Tensor], expected: dict[str, torc
 def test_full_classifier_file_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(1)
     state = models.resnet18(weights=None).state_dict()
-    features, _ = build_backbone("resnet18", weights=str(_save(tmp_path, "resnet18.pth", state)))
+    features, _, _ = build_backbone("resnet18", weights=str(_save(tmp_path, "resnet18.pth", state)))
     _assert_same_state(features.state_dict(), {k: v for k, v in state.items() if not k.startswith("fc.")})
 
 
 def test_own_features_file_round_trip(tmp_path: Path) -> None:
-    source, _ = build_backbone("resnet18", weights=None)
+    source, _, _ = build_backbone("resnet18", weights=None)
     path = _save(tmp_path, "features.pt", source.state_dict())
-    features, _ = build_backbone("resnet18", weights=str(path))
+    features, _, _ = build_backbone("resnet18", weights=str(path))
     _assert_same_state(features.state_dict(), source.state_dict())
 
 
@@ -119,7 +119,7 @@ def test_densenet_file_with_legacy_keys_loads(tmp_path: Path) -> None:
         if not k.endswith("num_batches_tracked")
     }
     assert legacy.keys() != state.keys()
-    features, _ = build_backbone("densenet121", weights=str(_save(tmp_path, "densenet.pth", legacy)))
+    features, _, _ = build_backbone("densenet121", weights=str(_save(tmp_path, "densenet.pth", legacy)))
     expected = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     _assert_same_state(features.state_dict(), expected)
 

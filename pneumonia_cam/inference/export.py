@@ -1,11 +1,12 @@
 """ONNX export of a checkpoint: one graph gives the logits and the raw class activation grids of a batch.
 
-The graph takes `image` (B x 3 x H x W float32, dynamic B) and returns `logits` (B x K) and `cam`
-(B x K x h x w: the linear head's weights applied to the last feature maps, before upsampling and
-normalisation, which stay outside the graph). Everything a runtime needs to rebuild the preprocessing and
-the decision travels in the model's metadata (key `pneumonia_cam`) and in a sidecar `<file>.json`: class
-names, image size, the eval transform (Albumentations, serialised), mean / std, threshold, temperature,
-checkpoint SHA-256, opset, torch version. `pneumonia_cam.runtime.OnnxModel` reads both; it imports no torch.
+The graph takes `image` (B x C x H x W float32, dynamic B; C: the weights' channels, 3 or 1) and returns
+`logits` (B x K) and `cam` (B x K x h x w: the linear head's weights applied to the last feature maps, before
+upsampling and normalisation, which stay outside the graph). Everything a runtime needs to rebuild the
+preprocessing and the decision travels in the model's metadata (key `pneumonia_cam`) and in a sidecar
+`<file>.json`: class names, image size, the eval transform (Albumentations, serialised), mean / std,
+threshold, temperature, checkpoint SHA-256, opset, torch version. `pneumonia_cam.runtime.OnnxModel` reads
+both; it imports no torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.models.combined import MeanCamHead
 from pneumonia_cam.models.net import ClassifierHead
+from pneumonia_cam.models.weights.preprocessing import transform_input
 from pneumonia_cam.runtime.onnx import FORMAT_VERSION, METADATA_KEY, OnnxModel
 from pneumonia_cam.runtime.preprocess import STEP_NAMES, Step
 
@@ -78,6 +80,7 @@ def check_exportable(model: InferenceModel, fmt: str, opset: int) -> None:
 def preprocess_steps(transform: A.Compose) -> list[Step]:
     """The eval transform (before ToTensorV2) as steps runtime/preprocess.py replays exactly, or a refusal."""
     steps = []
+    channels = transform_input(transform)[0]
     for t in transform.transforms[:-1]:
         name = type(t).__name__
         if t.p != 1.0:
@@ -94,7 +97,8 @@ def preprocess_steps(transform: A.Compose) -> list[Step]:
             steps.append({"name": name, "num_output_channels": int(t.num_output_channels)})
         elif isinstance(t, A.Normalize) and t.normalization == "standard":
             mean, std = (
-                np.broadcast_to(np.asarray(v, dtype=np.float64), (3,)).tolist() for v in (t.mean, t.std)
+                np.broadcast_to(np.asarray(v, dtype=np.float64), (channels,)).tolist()
+                for v in (t.mean, t.std)
             )
             steps.append(
                 {"name": name, "mean": mean, "std": std, "max_pixel_value": float(t.max_pixel_value)}
@@ -111,6 +115,7 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
     """What a runtime needs besides the graph (JSON-ready)."""
     steps = preprocess_steps(model.preprocessor.transform)
     normalize = [step for step in steps if step["name"] == "Normalize"]
+    channels = transform_input(model.preprocessor.transform)[0]
     info = model.info
     return {
         "format_version": FORMAT_VERSION,
@@ -127,9 +132,10 @@ def export_metadata(model: InferenceModel, opset: int) -> dict[str, Any]:
         "preprocess": steps,
         "mean": normalize[0]["mean"] if normalize else None,
         "std": normalize[0]["std"] if normalize else None,
-        "channels": "grey replicated to 3 (ToRGB)" if any(s["name"] == "ToRGB" for s in steps) else "grey",
+        "channels": f"grey replicated to {channels} (ToRGB)" if channels > 1 else "grey",
+        "input_family": info.input_family if info else None,
         "dicom": model.preprocessor.dicom.__dict__,
-        "inputs": {"image": "B x 3 x H x W float32, the preprocess output (CHW)"},
+        "inputs": {"image": f"B x {channels} x H x W float32, the preprocess output (CHW)"},
         "outputs": {"logits": "B x K", "cam": "B x K x h x w, raw (before upsampling, ReLU and min-max)"},
         # the backbone stage whose maps the `cam` output weights (the one feeding the head)
         "cam_layer": list(model.net.features.named_children())[-1][0],
@@ -147,7 +153,7 @@ def export_onnx(model: InferenceModel, output: str | os.PathLike, opset: int = O
     output.parent.mkdir(parents=True, exist_ok=True)
     size = model.info.image_size if model.info else 224
     graph = CamGraph(model.net).eval()
-    example = torch.zeros(2, 3, size, size)
+    example = torch.zeros(2, transform_input(model.preprocessor.transform)[0], size, size)
     torch.onnx.export(
         graph,
         (example,),

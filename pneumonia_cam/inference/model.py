@@ -13,7 +13,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 from lightning import LightningModule
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumonia_cam.data.batch_augment import black_level
 from pneumonia_cam.data.feature_cache import FeatureEncoder
@@ -25,6 +25,7 @@ from pneumonia_cam.models.combined import CombinedNet, TTANet
 from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import Predictor
+from pneumonia_cam.models.weights.formats import recorded_input
 from pneumonia_cam.utils.run_config import checkpoint_sha256, load_checkpoint, load_run_config
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class ModelInfo:
     checkpoint_sha256: str
     backbone: str
     image_size: int
+    input_family: str  # the pre-processing family of the weights the backbone started from
 
     def as_dict(self) -> dict:
         """JSON-ready fields."""
@@ -101,6 +103,7 @@ class InferenceModel:
             checkpoint_sha256=checkpoint_sha256(ckpt_path),
             backbone=backbone_name(checkpoint),
             image_size=int(run_config.data.image_size),
+            input_family=recorded_input(OmegaConf.to_container(run_config)).family,
         )
         model = cls(
             net.eval(),

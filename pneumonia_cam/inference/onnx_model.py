@@ -76,6 +76,8 @@ class OnnxInferenceModel(InferenceModel):
             checkpoint_sha256=str(meta["checkpoint_sha256"]),
             backbone=str(meta["backbone"]),
             image_size=int(meta["image_size"]),
+            # files exported before the weights registry carry ImageNet inputs
+            input_family=str(meta.get("input_family") or "imagenet"),
         )
         model = cls(runtime, OperatingPoint() if operating_point == "default" else stored, info)
         return model.with_tta(**(tta or {"views": ["identity"]}))

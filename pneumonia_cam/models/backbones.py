@@ -1,17 +1,21 @@
-"""Torchvision backbones cut down to feature-map extractors, with offline-friendly weight loading."""
+"""Backbones cut down to feature-map extractors (torchvision, TorchXRayVision's DenseNet, TensorFlow's
+MobileNets), with offline-first weight loading through the weights registry."""
 
 import re
 from collections import OrderedDict
 from collections.abc import Callable
 from http.client import HTTPException
-from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models
 
+from pneumonia_cam.models.mobilenet import mobilenet_v1_stages, mobilenet_v2_stages
+from pneumonia_cam.models.weights.preprocessing import IMAGENET, InputSpec
+from pneumonia_cam.models.weights.registry import REGISTRY as REGISTRY_NAMES
+from pneumonia_cam.models.weights.resolve import is_weights_path, load_weights
+
 _RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-_PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _HEAD_PREFIXES = ("fc.", "classifier.")
 # Prefix of a torchvision DenseNet ("features.conv0.weight") or of a module wrapping ours ("net.features.").
 _FEATURES_PREFIX = re.compile(r"^(?:.*?\.)?features\.")
@@ -19,6 +23,7 @@ _FEATURES_PREFIX = re.compile(r"^(?:.*?\.)?features\.")
 _LEGACY_DENSE_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
+Stages = tuple[OrderedDict[str, nn.Module], int]
 
 
 def _resnet_stages(model: nn.Module) -> tuple[OrderedDict[str, nn.Module], int]:
@@ -33,29 +38,48 @@ def _densenet_stages(model: nn.Module) -> tuple[OrderedDict[str, nn.Module], int
     return stages, model.classifier.in_features
 
 
-BACKBONES: dict[str, Callable[[nn.Module], tuple[OrderedDict[str, nn.Module], int]]] = {
-    **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"), _resnet_stages),
-    "densenet121": _densenet_stages,
+def _torchvision(name: str, cut: Callable[[nn.Module], Stages]) -> Callable[[], Stages]:
+    """A torchvision architecture (random weights) cut into stages."""
+    return lambda: cut(models.get_model(name, weights=None))
+
+
+def _xrv_densenet121() -> Stages:
+    """TorchXRayVision's DenseNet-121: torchvision's layout with a one-channel first convolution."""
+    model = models.densenet121(weights=None)
+    model.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return _densenet_stages(model)
+
+
+BACKBONES: dict[str, Callable[[], Stages]] = {
+    **{
+        name: _torchvision(name, _resnet_stages)
+        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    },
+    "densenet121": _torchvision("densenet121", _densenet_stages),
+    "xrv_densenet121": _xrv_densenet121,
+    "mobilenet_v2": mobilenet_v2_stages,
+    "mobilenet_v1": mobilenet_v1_stages,
 }
 
 
-def is_weights_path(weights: str) -> bool:
-    """Tell a local weights file apart from a torchvision weights name such as ``IMAGENET1K_V2``."""
-    return "/" in weights or "\\" in weights or weights.lower().endswith(_PATH_SUFFIXES)
-
-
-def build_backbone(name: str = "resnet152", weights: str | None = None) -> tuple[nn.Module, int]:
-    """Return ``(features, num_features)``: a pooling-free feature-map extractor and its channel count."""
+def build_backbone(
+    name: str = "resnet152", weights: str | None = None, weights_dir: str | None = None
+) -> tuple[nn.Module, int, InputSpec | None]:
+    """`(features, num_features, input)`: a pooling-free feature-map extractor, its channel count, and the
+    input its weights were trained on (None for random weights)."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    stages, num_features = BACKBONES[name](models.get_model(name, weights=None))
+    stages, num_features = BACKBONES[name]()
     features = nn.Sequential(stages)
-    if weights is not None:
-        state, source = (
-            (_read_file(Path(weights)), weights) if is_weights_path(weights) else _download(name, weights)
-        )
-        _load_features(features, state, source)
-    return features, num_features
+    if weights is None:
+        return features, num_features, None
+    if is_weights_path(weights) or weights in REGISTRY_NAMES:
+        loaded = load_weights(weights, name, weights_dir)
+        state, source, spec = loaded.state, loaded.source, loaded.input
+    else:
+        (state, source), spec = _download(name, weights), IMAGENET
+    _load_features(features, state, source)
+    return features, num_features, spec
 
 
 def _download(name: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -77,21 +101,6 @@ def _download(name: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
             "or use model.weights=null for random initialisation."
         ) from err
     return state, str(entry)
-
-
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from disk without unpickling arbitrary objects."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Backbone weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"Could not read backbone weights file {path}: {err}") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise RuntimeError(f"Backbone weights file {path} holds a {type(state).__name__}, not a state dict")
-    return state
 
 
 def _features_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

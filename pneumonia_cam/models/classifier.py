@@ -16,6 +16,7 @@ from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.metrics import build_metrics, metric_scores
 from pneumonia_cam.models.net import ChestXrayNet
+from pneumonia_cam.models.weights.preprocessing import check_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -69,6 +70,7 @@ class PneumoniaClassifier(LightningModule):
         teacher: nn.Module | None = None,
         distill_alpha: float = 0.5,
         distill_temperature: float = 2.0,
+        weights_dir: str | None = None,
     ) -> None:
         super().__init__()
         # save_hyperparameters reads these locals, so they must be builtins (no OmegaConf, no modules) first.
@@ -98,7 +100,9 @@ class PneumoniaClassifier(LightningModule):
         if weights_tensor.shape != (num_classes,):
             raise ValueError(f"class_weights needs {num_classes} values, got {class_weights}")
 
-        self.net = ChestXrayNet(backbone, weights, num_classes, freeze_backbone, unfreeze, dropout)
+        self.net = ChestXrayNet(
+            backbone, weights, num_classes, freeze_backbone, unfreeze, dropout, weights_dir
+        )
         self.register_buffer("class_weights", weights_tensor.float())
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -146,7 +150,7 @@ class PneumoniaClassifier(LightningModule):
         return backbone_encoder(self.net, precision)
 
     def setup(self, stage: str) -> None:
-        """Adopt the data module's class weights (``balance: loss_weights``) and optionally compile."""
+        """Adopt the data module's class weights, refuse inputs the weights were not trained on, compile."""
         datamodule_weights = getattr(getattr(self.trainer, "datamodule", None), "class_weights", None)
         if self.hparams.class_weights is None and datamodule_weights is not None:
             weights = torch.as_tensor(datamodule_weights, dtype=self.class_weights.dtype)
@@ -156,6 +160,9 @@ class PneumoniaClassifier(LightningModule):
                     f"{tuple(self.class_weights.shape)}"
                 )
             self.class_weights.copy_(weights)
+        eval_transform = getattr(getattr(self.trainer, "datamodule", None), "eval_transform", None)
+        if self.net.input_spec is not None and eval_transform is not None:
+            check_transform(eval_transform, self.net.input_spec, str(self.hparams.weights))
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)  # NHWC kernels: ~1.25x for CPU convolutions
         if self.hparams.compile and stage == "fit":

@@ -44,9 +44,11 @@ class ChestXrayNet(nn.Module):
         freeze_backbone: bool = True,
         unfreeze: Sequence[str] = (),
         dropout: float = 0.0,
+        weights_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.features, num_features = build_backbone(backbone, weights)
+        # input_spec: the pre-processing the loaded weights need (None: random weights, any input goes)
+        self.features, num_features, self.input_spec = build_backbone(backbone, weights, weights_dir)
         self.head = ClassifierHead(num_features, num_classes, dropout)
         stages = [name for name, _ in self.features.named_children()]
         unknown = sorted(set(unfreeze) - set(stages))

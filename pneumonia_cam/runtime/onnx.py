@@ -74,7 +74,7 @@ class OnnxModel:
         self.dicom = DicomPolicy(**self.metadata["dicom"])
 
     def prepare(self, image: ImageLike) -> tuple[np.ndarray, tuple[int, int]]:
-        """(3 x H x W float32 model input, original (height, width)) of a path or an HxW uint8 array."""
+        """(C x H x W float32 model input, original (height, width)) of a path or an HxW uint8 array."""
         original = image if isinstance(image, np.ndarray) else read_grayscale(image, self.dicom)
         if original.ndim != 2 or original.dtype != np.uint8:
             raise ValueError(
@@ -85,7 +85,7 @@ class OnnxModel:
         return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), original.shape[:2]
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits B x K, raw CAM grids B x K x h x w) of a model-ready B x 3 x H x W batch."""
+        """(logits B x K, raw CAM grids B x K x h x w) of a model-ready B x C x H x W batch."""
         logits, cam = self.session.run(["logits", "cam"], {"image": np.ascontiguousarray(batch, np.float32)})
         return logits, cam
 

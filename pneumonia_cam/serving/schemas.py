@@ -17,6 +17,10 @@ class ModelRef(BaseModel):
     checkpoint_sha256: str
     backbone: str
     image_size: int
+    input_family: str = Field(
+        description="pre-processing family of the weights the backbone started from: imagenet | xrv | "
+        "tflite | inception (channels and normalisation follow it)"
+    )
 
 
 class InputFacts(BaseModel):
