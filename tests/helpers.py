@@ -3,12 +3,14 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+from starlette.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -56,3 +58,11 @@ def perturbed_copy(ckpt: Path, out: Path, data_seed: int | None = None) -> Path:
         checkpoint["run_config"]["data"]["seed"] = data_seed
     torch.save(checkpoint, out)
     return out
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    """Poll /ready until the lifespan's load and warm-up are done."""
+    deadline = time.monotonic() + timeout
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/ready").json()
+        time.sleep(0.05)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import ROOT, compose_config
+from helpers import ROOT, compose_config, wait_ready
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -108,6 +108,7 @@ def test_same_input_and_features_on_every_path(family: str, tmp_path: Path, data
     serve = compose_config("serve.yaml", [f"ckpt_path={ckpt}", "extras.print_config=false"])
     GlobalHydra.instance().clear()
     with TestClient(create_app(serve)) as client:
+        wait_ready(client)
         assert client.get("/v1/model").json()["model"]["input_family"] == family
         body = client.post("/v1/predict", files={"file": ("x.png", Path(paths[0]).read_bytes(), "image/png")})
         probability = body.json()["probabilities"]["PNEUMONIA"]

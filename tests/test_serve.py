@@ -23,7 +23,16 @@ import pandas as pd
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import KERMANY, ROOT, SHARED_DATA, assert_ok, compose_config, run_entry_point, softened_copy
+from helpers import (
+    KERMANY,
+    ROOT,
+    SHARED_DATA,
+    assert_ok,
+    compose_config,
+    run_entry_point,
+    softened_copy,
+    wait_ready,
+)
 from hydra.core.global_hydra import GlobalHydra
 
 from pneumonia_cam.data import preprocessor
@@ -59,14 +68,6 @@ def serve_config(ckpt: Path, *overrides: str):
 def backend_of(client: TestClient) -> str:
     """Which backend the server behind `client` runs."""
     return client.get("/v1/model").json()["backend"]
-
-
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
-    """Poll /ready until the lifespan's load and warm-up are done."""
-    deadline = time.monotonic() + timeout
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/ready").json()
-        time.sleep(0.05)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
