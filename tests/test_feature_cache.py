@@ -82,8 +82,12 @@ def feature_cache(tmp_path: Path, net: ChestXrayNet) -> FeatureCache:
     return FeatureCache(config, backbone_encoder(net, config.precision))
 
 
-def test_cached_and_plain_training_give_the_same_head(cfg_train, tmp_path):
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_cached_and_plain_training_give_the_same_head(cfg_train, tmp_path, backbone):
     """Same seed, fp32, no augmentation: training on cached features == training through the backbone."""
+    with open_dict(cfg_train):
+        cfg_train.model.backbone = backbone
+        cfg_train.model.unfreeze = []
     plain = fit(frozen_smoke(cfg_train.copy(), tmp_path / "unused", enabled=False))
     cached = fit(frozen_smoke(cfg_train.copy(), tmp_path / "features", enabled=True))
     assert len(list((tmp_path / "features").glob("*.npy"))) == 2  # train and val, each computed once
