@@ -771,7 +771,9 @@ def test_http_matches_eval_predictions(client, smoke_checkpoint, cfg_eval):
         body = client.post("/v1/predict", files=upload(Path(row["path"]).read_bytes())).json()
         assert body["label"] == row["prediction_name"]
         # the CSV's rounding plus up to 1e-6 between eval's torch batch and the backend's
-        assert body["probabilities"]["PNEUMONIA"] == pytest.approx(row["probability"], abs=CSV_ROUNDING + 1e-6)
+        assert body["probabilities"]["PNEUMONIA"] == pytest.approx(
+            row["probability"], abs=CSV_ROUNDING + 1e-6
+        )
 
 
 def test_heap_growth_bound_applies_on_glibc():
