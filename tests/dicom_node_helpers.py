@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pydicom
@@ -45,18 +45,29 @@ def variant(path: Path, index: int, **changes: object) -> Dataset:
 
 
 def store(
-    port: int, datasets: Sequence[Dataset], calling: str = PACS_AET, contexts: Sequence | None = None
+    port: int,
+    datasets: Sequence[Dataset],
+    calling: str = PACS_AET,
+    on_stored: Callable[[Dataset, Dataset], None] | None = None,
 ) -> list[Dataset]:
-    """C-STORE `datasets` to the node in one association; the response status datasets, in order."""
+    """C-STORE `datasets` to the node in one association; the response statuses, in order.
+
+    `on_stored(dataset, status)` runs as each answer arrives (the benchmark's receipt time)."""
     ae = AE(ae_title=calling)
-    for context in contexts or {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for d in datasets}:
-        ae.add_requested_context(context[0], [context[1]])
+    for sop_class, syntax in {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for d in datasets}:
+        ae.add_requested_context(sop_class, [syntax])
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
-    assert assoc.is_established, f"association with the node on {port} failed"
+    if not assoc.is_established:
+        raise ConnectionError(f"no association with the node on port {port}")
+    answers = []
     try:
-        return [assoc.send_c_store(dataset) for dataset in datasets]
+        for dataset in datasets:
+            answers.append(assoc.send_c_store(dataset))
+            if on_stored is not None:
+                on_stored(dataset, answers[-1])
     finally:
         assoc.release()
+    return answers
 
 
 def echo(port: int) -> bool:
