@@ -98,13 +98,11 @@ def read_dicom(
 
 def _pixels(dataset: Dataset, path: str | os.PathLike) -> np.ndarray:
     """Decode the pixel data through pydicom.pixels, naming what is missing when it cannot."""
-    from pydicom.pixels import get_decoder
-
     if "PixelData" not in dataset:
         kind = getattr(dataset.get("SOPClassUID"), "name", None) or str(dataset.get("Modality", "unknown"))
         raise ImageReadError(path, f"has no pixel data ({kind}): not an image")
     syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID")
-    if syntax is not None and syntax.is_compressed and not _decodable(get_decoder, syntax):
+    if syntax is not None and syntax.is_compressed and not has_decoder(syntax):
         packages = DECODER_PACKAGES.get(str(syntax), "a pydicom pixel-data plugin")
         raise ImageReadError(
             path,
@@ -117,8 +115,10 @@ def _pixels(dataset: Dataset, path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(path, f"cannot be decoded ({type(error).__name__}: {error})") from error
 
 
-def _decodable(get_decoder: Any, syntax: Any) -> bool:
+def has_decoder(syntax: Any) -> bool:
     """Whether pydicom has a working decoder plugin for a compressed transfer syntax."""
+    from pydicom.pixels import get_decoder
+
     try:
         return bool(get_decoder(syntax).is_available)
     except NotImplementedError:
