@@ -72,8 +72,11 @@ def emit(result: dict, out: str | None) -> None:
         Path(out).write_text(text + "\n")
 
 
-def reference_checkpoint(path: Path, backbone: str = "resnet152", image_size: int = 224) -> Path:
-    """A reference-recipe checkpoint with random weights, carrying its run config as train.py writes it."""
+def reference_checkpoint(
+    path: Path, backbone: str = "resnet152", image_size: int = 224, weights: str | None = None
+) -> Path:
+    """A reference-recipe checkpoint (random head; random backbone unless `weights` names a file) with its run
+    config as train.py writes it, so the eval transform follows the weights as it does in training."""
     import torch
     from hydra import compose, initialize_config_dir
     from lightning import Trainer
@@ -83,18 +86,19 @@ def reference_checkpoint(path: Path, backbone: str = "resnet152", image_size: in
     from pneumonia_cam.utils.run_config import CONFIG_KEY
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    overrides = [f"model.backbone={backbone}", "model.weights=null", "data=chest_xray"]
+    overrides = [f"model.backbone={backbone}", f"model.weights={weights or 'null'}", "data=chest_xray"]
     overrides += [f"data.data_dir={KERMANY}", "data.output_dir=null", f"data.image_size={image_size}"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose("train.yaml", overrides=overrides)
     torch.manual_seed(0)
-    module = PneumoniaClassifier(backbone=backbone, weights=None)
+    module = PneumoniaClassifier(backbone=backbone, weights=weights)
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
     trainer.strategy.connect(module)
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     run_config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
+    run_config["input"] = dict(cfg.input)  # resolved from model.weights (a plain dict already)
     checkpoint[CONFIG_KEY] = {**run_config, "seed": int(cfg.seed)}
     torch.save(checkpoint, path)
     return path

@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from common import KERMANY, ROOT, emit, kermany_sample, machine, peak_rss_mb
+from common import KERMANY, ROOT, emit, kermany_sample, machine, peak_rss_mb, reference_checkpoint
 from torch import nn
 
 from pneumonia_cam.inference.export import export_onnx, quantize_int8
@@ -90,34 +90,6 @@ def grey_images(n: int, split: str) -> list[np.ndarray]:
             else cv2.resize(grey, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
         )
     return images
-
-
-def tflite_checkpoint(path: Path, weights: Path) -> Path:
-    """A MobileNetV2 pneumonia checkpoint (random head) on the imported file, with its run config as train.py
-    writes it, so the eval transform follows the file's input scaling as it does in training."""
-    from hydra import compose, initialize_config_dir
-    from lightning import Trainer
-    from omegaconf import OmegaConf
-
-    from pneumonia_cam.models.classifier import PneumoniaClassifier
-    from pneumonia_cam.utils.run_config import CONFIG_KEY
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    overrides = ["model.backbone=mobilenet_v2", f"model.weights={weights}", "data=chest_xray"]
-    overrides += [f"data.data_dir={KERMANY}", "data.output_dir=null", f"data.image_size={SIZE}"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("train.yaml", overrides=overrides)
-    torch.manual_seed(0)
-    module = PneumoniaClassifier(backbone="mobilenet_v2", weights=str(weights))
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(module)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    run_config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
-    checkpoint[CONFIG_KEY] = {**run_config, "seed": int(cfg.seed)}
-    torch.save(checkpoint, path)
-    return path
 
 
 def interpreter_call(path: Path, threads: int) -> tuple[Call, dict]:
@@ -240,7 +212,8 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_mnv2_"))
     setup = time.perf_counter()
-    model = InferenceModel.from_checkpoint(tflite_checkpoint(workdir / "mobilenet_v2.ckpt", args.tflite))
+    checkpoint = reference_checkpoint(workdir / "mobilenet_v2.ckpt", "mobilenet_v2", 224, str(args.tflite))
+    model = InferenceModel.from_checkpoint(checkpoint)
     imported = {f"features.{key}": value for key, value in weights.features.items()}
     held = {key: value for key, value in model.net.state_dict().items() if key.startswith("features.")}
     if held.keys() != imported.keys() or not all(torch.equal(held[k], imported[k]) for k in held):

@@ -5,7 +5,6 @@ outbox; the sender retries with exponential backoff (capped) until they are ackn
 """
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -14,7 +13,7 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from pneumonia_cam.dicom_node.spool import DurableFolder
+from pneumonia_cam.dicom_node.spool import BackgroundLoop, DurableFolder
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +91,10 @@ class StowDestination:
             raise DeliveryError(f"STOW-RS to {self.url}: {len(failed)} instance(s) failed")
 
 
-class Sender:
+class Sender(BackgroundLoop):
     """A thread that empties the outbox into a destination, with backoff while the destination is down."""
+
+    thread_name = "dicom-node-sender"
 
     def __init__(
         self,
@@ -107,20 +108,8 @@ class Sender:
         self.destination = destination
         self.batch_size = int(batch_size)
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
         self.sent = 0
-        self.thread = threading.Thread(target=self.run, name="dicom-node-sender", daemon=True)
-
-    def start(self) -> None:
-        """Start sending (whatever an earlier run left in the outbox goes first)."""
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Stop after the batch in flight; what is unsent stays in the outbox."""
-        self.stopping.set()
-        self.wake.set()
-        self.thread.join()
+        super().__init__()
 
     def run(self) -> None:
         """Send batches while there are results; wait for a wake-up, or back off after a failure."""

@@ -6,6 +6,7 @@ refused after the answer). Names are SOP Instance UIDs, so a resent instance rep
 """
 
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -80,3 +81,28 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return float("inf")
+
+
+class BackgroundLoop:
+    """A daemon thread over a durable folder: `run` until stopped, woken early by `wake` (worker, sender)."""
+
+    thread_name = "dicom-node"
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
+
+    def start(self) -> None:
+        """Start with whatever an earlier run left in the folder."""
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop after the batch in hand; the rest stays in the folder for the next start."""
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join()
+
+    def run(self) -> None:
+        """The loop body (the one method subclasses write)."""
+        raise NotImplementedError

@@ -7,7 +7,6 @@ because result UIDs are deterministic a redone instance overwrites, never duplic
 """
 
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pneumonia_cam.data.errors import ImageReadError
 from pneumonia_cam.data.preprocessor import PreparedImage
 from pneumonia_cam.dicom_node.results import OVERLAY_LABEL, Finding, ResultBuilder
-from pneumonia_cam.dicom_node.spool import DurableFolder
+from pneumonia_cam.dicom_node.spool import BackgroundLoop, DurableFolder
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.utils.overlay import caption, overlay_cam
 
@@ -50,8 +49,10 @@ class Received:
     prepared: PreparedImage
 
 
-class Worker:
+class Worker(BackgroundLoop):
     """A thread that turns spooled instances into results in the outbox, a batch per model call."""
+
+    thread_name = "dicom-node-worker"
 
     def __init__(
         self,
@@ -68,20 +69,8 @@ class Worker:
         self.incoming, self.outbox, self.failed = incoming, outbox, failed
         self.batch_size = int(batch_size)
         self.on_result = on_result
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
         self.processed = 0
-        self.thread = threading.Thread(target=self.run, name="dicom-node-worker", daemon=True)
-
-    def start(self) -> None:
-        """Start with whatever an earlier run left in the spool."""
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Stop after the batch in hand; the rest stays spooled for the next start."""
-        self.stopping.set()
-        self.wake.set()
-        self.thread.join()
+        super().__init__()
 
     def run(self) -> None:
         """Process batches while the spool has instances, else wait for the SCP's wake-up."""
