@@ -8,7 +8,7 @@
 #    from Debian packages (debootstrap bookworm minbase + python3 python3-venv, `python` -> python3), tagged with
 #    that name, so the Dockerfile builds unchanged without a registry for base images;
 # 2. the project's image, `buildah bud` of the unchanged Dockerfile, reused while its label (a hash of the build
-#    context) matches the working tree;
+#    context but README.md) matches the working tree;
 # 3. a container with CKPT mounted read-only at /models/model.ckpt (the Dockerfile's default entry point) and
 #    8080 published on 127.0.0.1 only; stopped and removed on exit.
 #
@@ -115,12 +115,13 @@ if [ "$TARGET" = auto ]; then
     fi
 fi
 IMAGE="localhost/pneumonia-cam:smoke-$TARGET"
-context="$(cd "$ROOT" && find Dockerfile .dockerignore pyproject.toml README.md configs src pneumonia_cam -type f \
+# README.md is in the context only as the package's long description: editing it does not force a rebuild
+context="$(cd "$ROOT" && find Dockerfile .dockerignore pyproject.toml configs src pneumonia_cam -type f \
     ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 step "project image $IMAGE (target $TARGET, context $context)"
 have="$(buildah inspect --type image --format '{{index .Docker.Config.Labels "org.pneumonia-cam.context"}}' \
     "$IMAGE" 2>/dev/null || true)"
-build_seconds=null
+build_seconds=None # a Python literal: the result below is written by python3
 if [ "$have" = "$context" ] && [ "${REBUILD:-0}" != 1 ]; then
     echo "current image in local storage: reused (REBUILD=1 to build again)"
 else
@@ -182,7 +183,7 @@ curl -sS -m 120 --fail-with-body -F "file=@$JPEG;type=image/jpeg" "http://127.0.
 cat "$SMOKE_OUT/predict.json"
 echo
 
-step "HEALTHCHECK: $(podman image inspect --format '{{json .Healthcheck}}' "$IMAGE")"
+step "HEALTHCHECK: $(podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")"
 health=0
 timeout 60 podman healthcheck run "$NAME" || health=$?
 echo "podman healthcheck run: exit $health"
