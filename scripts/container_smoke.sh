@@ -55,7 +55,8 @@ podman() { command podman "${STORAGE[@]}" "$@"; }
 cleanup() {
     podman rm -f -t 5 "$NAME" >/dev/null 2>&1 || true
     [ -n "${BASE_CTR:-}" ] && buildah rm "$BASE_CTR" >/dev/null 2>&1
-    rm -rf "$STATE/rootfs"
+    rm -rf "$STATE/rootfs" "$STATE/model.ckpt"
+    [ "$SMOKE_OUT" = "$STATE" ] || rm -rf "$STATE"
 }
 trap cleanup EXIT
 
