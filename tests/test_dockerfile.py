@@ -1,6 +1,7 @@
 """The container, checked without a container engine: hadolint, and the Dockerfile's structure.
 
-No image is built or run here (no engine on this machine); these tests pin what can be read statically.
+No image is built or run here; these tests pin what can be read statically. tests/test_container.py builds and
+runs the image with buildah and podman (scripts/container_smoke.sh, CONTAINER_SMOKE=1).
 """
 
 import re
