@@ -23,7 +23,7 @@ class CAMPanel(Callback):
         every_n_epochs: int = 5,
         num_images: int = 8,
         method: str = "cam",
-        target_layer: str | None = "layer4",
+        target_layer: str | None = None,
         upsample_mode: str = "bilinear",
         alpha: float = 0.4,
         colormap: str = "jet",

@@ -43,7 +43,8 @@ def captured_activations(layer: nn.Module, track_grad: bool) -> Iterator[list[to
 
 
 def resolve_layer(net: nn.Module, target_layer: str | None) -> nn.Module:
-    """Find the hooked layer by name in the backbone (``layer4``) or the net (``features.layer4``)."""
+    """The hooked layer by name in the backbone (``layer4``) or the net (``features.layer4``); None: the
+    whole feature extractor, whose output feeds the head."""
     if target_layer is None:
         return net.features
     for root in (net.features, net):
@@ -90,7 +91,7 @@ class BaseCAM:
     def __init__(
         self,
         net: nn.Module,
-        target_layer: str | None = "layer4",
+        target_layer: str | None = None,
         upsample_mode: str = FINISH_DEFAULTS["upsample_mode"],
         relu: bool = FINISH_DEFAULTS["relu"],
         normalize: bool = FINISH_DEFAULTS["normalize"],
