@@ -301,7 +301,10 @@ def test_fetch_refuses_a_download_with_the_wrong_checksum(
 
 @pytest.mark.slow
 def test_fetch_weights_offline_prints_url_checksum_and_place(tmp_path: Path) -> None:
-    env = {**os.environ, "PNEUMONIA_CAM_WEIGHTS_DIR": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    # every download goes to a closed local port: offline even on a machine with internet
+    closed = "http://127.0.0.1:9"
+    env = {**os.environ, "PNEUMONIA_CAM_WEIGHTS_DIR": str(tmp_path), "HTTPS_PROXY": closed}
+    env["https_proxy"] = closed
     result = subprocess.run(
         [sys.executable, str(ROOT / "src" / "fetch_weights.py"), "name=tv-resnet18-imagenet1k-v1"],
         cwd=ROOT,
