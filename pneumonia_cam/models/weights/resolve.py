@@ -55,16 +55,20 @@ def _file_input(found: WeightsFile, backbone: str) -> InputSpec:
     return BACKBONE_DEFAULT_INPUT.get(backbone, IMAGENET)
 
 
-def _read_local(path: Path, backbone: str) -> WeightsFile:
-    """Read a local file, verifying it against the registry when its name is a registry file's."""
+def _read(path: Path, backbone: str) -> WeightsFile:
+    """Read a file and refuse it when it declares another architecture."""
+    found = read_weights(path)
+    _check_architecture(str(path), found.architecture, backbone)
+    return found
+
+
+def _verify_local(path: Path, backbone: str) -> None:
+    """A local file under a registry file name must fit that entry's architecture and checksum."""
     entry = BY_FILE.get(path.name)
     if entry is not None:
         _check_architecture(str(path), entry.architecture, backbone)
         if path.is_file():
             check_sha256(path, entry.sha256)
-    found = read_weights(path)
-    _check_architecture(str(path), found.architecture, backbone)
-    return found
 
 
 def load_weights(weights: str, backbone: str, weights_dir: str | os.PathLike | None = None) -> LoadedWeights:
@@ -72,12 +76,13 @@ def load_weights(weights: str, backbone: str, weights_dir: str | os.PathLike | N
     if weights in REGISTRY:
         entry = lookup(weights)
         _check_architecture(weights, entry.architecture, backbone)
-        path = locate(entry, weights_dir)
+        path = locate(entry, weights_dir)  # verified there
     elif is_weights_path(weights):
         path = Path(weights).expanduser()
+        _verify_local(path, backbone)
     else:
         raise KeyError(f"{weights!r} is neither a weights file nor a registry name ({sorted(REGISTRY)})")
-    found = _read_local(path, backbone)
+    found = _read(path, backbone)
     return LoadedWeights(found.state, str(path), _file_input(found, backbone))
 
 
@@ -96,8 +101,10 @@ def _cached_input(
         return load_weights(weights, entry.architecture, weights_dir).input
     if not is_weights_path(weights):
         return IMAGENET  # a torchvision weights name (IMAGENET1K_V2 ...)
-    path = Path(weights).expanduser()
-    return _file_input(_read_local(path, backbone or ""), backbone or "")
+    entry = BY_FILE.get(Path(weights).name)
+    if entry is not None and entry.family != "tflite":
+        return FAMILIES[entry.family]  # known by its file name: no need to read it before the backbone does
+    return load_weights(weights, backbone or "", weights_dir).input
 
 
 def input_spec(
