@@ -1,11 +1,17 @@
-"""Serving throughput and latency on loopback: the project's server vs a quick FastAPI app, in one run.
+"""Serving throughput and latency on loopback: a naive FastAPI app and the project's server per backend.
 
-Both serve the same reference ResNet-152 checkpoint (random weights) with the same pre-processing, to
-`--requests` POSTs of real Kermany JPEGs at concurrency 1 and 16 each. Also measured: the offline batched
-predictor (decode + pre-process + `InferenceModel` in batches, no HTTP) at the server's precision, and the
-server's RSS before and after the requests.
+Everything serves one checkpoint (`--ckpt`, or the reference ResNet-152 with random weights) with the same
+pre-processing, to `--requests` POSTs of real Kermany JPEGs at each `--concurrency`:
+  baseline          benchmarks/baseline_server.py: one request, one eager torch fp32 forward, no batching
+  torch             src/serve.py on the checkpoint (dynamic batching; `--precision` fp32 | bf16)
+  onnxruntime-fp32  src/serve.py backend=onnxruntime on the file src/export.py's code writes
+  onnxruntime-int8  the same on its static int8 copy, calibrated on `--calibration` training images
+Per backend also: the offline batched predictor (decode + pre-process + the same model in batches, no HTTP)
+and the server's RSS before and after. `--sweep-batching 8:5 16:10 ...` first loads the first backend at the
+top concurrency once per max_batch_size:max_wait_ms pair, to choose the batching settings by measurement.
 
-    python benchmarks/serve.py --requests 1000 --precision bf16
+    python benchmarks/serve.py --requests 300
+    python benchmarks/serve.py --ckpt best.ckpt --backends onnxruntime-int8 --sweep-batching 8:5 16:5
 """
 
 import argparse
@@ -22,10 +28,19 @@ import numpy as np
 import psutil
 from common import ROOT, emit, kermany_sample, machine, reference_checkpoint
 
+from pneumonia_cam.inference.backends import BACKENDS
 from pneumonia_cam.inference.batch import predict_paths
+from pneumonia_cam.inference.export import export_onnx, quantize_int8
 from pneumonia_cam.inference.model import InferenceModel
+from pneumonia_cam.runtime.onnx import OnnxModel
 
 READY_TIMEOUT_S = 300
+# what each served variant runs: (src/serve.py backend, which file)
+VARIANTS = {
+    "torch": ("torch", "ckpt"),
+    "onnxruntime-fp32": ("onnxruntime", "fp32"),
+    "onnxruntime-int8": ("onnxruntime", "int8"),
+}
 
 
 def free_port() -> int:
@@ -52,15 +67,18 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
 
 def load(base: str, images: list[bytes], n: int, concurrency: int) -> dict:
     """n POSTs of the images (cycled) from `concurrency` client threads; latency, throughput, errors."""
-    latencies, statuses, probabilities = [], [], {}
+    latencies, statuses, probabilities, precisions = [], [], {}, set()
 
     def one(i: int, client: httpx.Client) -> None:
         start = time.perf_counter()
         response = client.post(f"{base}/v1/predict", files={"file": ("x.jpeg", images[i % len(images)])})
         latencies.append(time.perf_counter() - start)
         statuses.append(response.status_code)
-        if response.status_code == 200 and i < len(images):
-            probabilities[i] = response.json()["probabilities"]["PNEUMONIA"]
+        if response.status_code == 200:
+            body = response.json()
+            precisions.add(body.get("precision", "fp32"))  # the baseline does not say: it runs fp32
+            if i < len(images):
+                probabilities[i] = body["probabilities"]["PNEUMONIA"]
 
     def worker(indices: range) -> None:
         with httpx.Client(timeout=120) as client:
@@ -82,11 +100,14 @@ def load(base: str, images: list[bytes], n: int, concurrency: int) -> dict:
         "latency_ms_p99": round(float(np.percentile(ms, 99)), 1),
         "errors": sum(status != 200 for status in statuses),
         "5xx": sum(status >= 500 for status in statuses),
+        "answered_precision": sorted(precisions),
         "probabilities": probabilities,
     }
 
 
-def serve_and_load(command: list[str], ready: str, base: str, images: list[bytes], args) -> dict:
+def serve_and_load(
+    command: list[str], ready: str, base: str, images: list[bytes], requests: int, concurrency: list[int]
+) -> dict:
     """Start a server, load it at each concurrency, record its RSS before and after, stop it."""
     log = tempfile.NamedTemporaryFile(prefix="server_", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -97,14 +118,14 @@ def serve_and_load(command: list[str], ready: str, base: str, images: list[bytes
             print(Path(log.name).read_text()[-4000:], file=sys.stderr)
             raise
         # warm-up at the highest concurrency, so the allocator has seen the largest batches before RSS is read
-        load(base, images, 4 * max(args.concurrency), max(args.concurrency))
+        load(base, images, 4 * max(concurrency), max(concurrency))
         rss = psutil.Process(process.pid)
         before = rss.memory_info().rss
         runs = {}
-        for concurrency in args.concurrency:
+        for clients in concurrency:
             start_rss = rss.memory_info().rss
-            runs[f"c{concurrency}"] = load(base, images, args.requests, concurrency)
-            runs[f"c{concurrency}"]["rss_growth_mb"] = round((rss.memory_info().rss - start_rss) / 2**20, 1)
+            runs[f"c{clients}"] = load(base, images, requests, clients)
+            runs[f"c{clients}"]["rss_growth_mb"] = round((rss.memory_info().rss - start_rss) / 2**20, 1)
         after = rss.memory_info().rss
     finally:
         process.terminate()
@@ -118,9 +139,8 @@ def serve_and_load(command: list[str], ready: str, base: str, images: list[bytes
     return runs
 
 
-def offline(ckpt: Path, paths: list[Path], precision: str, batch_size: int, repeats: int) -> dict:
-    """The batched predictor without HTTP: decode + pre-process + InferenceModel, img/s."""
-    model = InferenceModel.from_checkpoint(ckpt, operating_point="default").configure(precision)
+def offline(model: InferenceModel, paths: list[Path], batch_size: int, repeats: int) -> dict:
+    """The batched predictor without HTTP: decode + pre-process + the model, img/s."""
     list(predict_paths(model, paths[:batch_size], batch_size))  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
@@ -132,14 +152,63 @@ def offline(ckpt: Path, paths: list[Path], precision: str, batch_size: int, repe
     }
 
 
+def model_files(ckpt: Path, work: Path, calibration: int, method: str, keep_fp32: tuple[str, ...]) -> dict:
+    """The checkpoint, its ONNX export and the export's int8 copy (calibrated on training images)."""
+    fp32 = export_onnx(InferenceModel.from_checkpoint(ckpt), work / "model.onnx")
+    exported = OnnxModel(fp32)
+    inputs = np.stack([exported.prepare(path)[0] for path, _ in kermany_sample(calibration, "train")])
+    return {
+        "ckpt": ckpt,
+        "fp32": fp32,
+        "int8": quantize_int8(exported, inputs, work / "model.int8.onnx", method, keep_fp32),
+    }
+
+
+def server_command(path: Path, backend: str, port: int, work: Path, args, batching: str) -> list[str]:
+    """src/serve.py on `path` through `backend`, with max_batch_size:max_wait_ms `batching`, on loopback."""
+    size, wait = batching.split(":")
+    command = [sys.executable, "src/serve.py", f"ckpt_path={path}", f"backend={backend}", f"port={port}"]
+    command += ["host=127.0.0.1", f"device={args.device}", f"hydra.run.dir={work / 'run'}"]
+    command += [f"batching.max_batch_size={size}", f"batching.max_wait_ms={wait}", "batching.max_queue=256"]
+    command += ["extras.print_config=false"]
+    if backend == "torch":
+        command.append(f"precision={args.precision}")
+    return command
+
+
+def served(
+    path: Path, backend: str, work: Path, images: list[bytes], args, batching: str, concurrency
+) -> dict:
+    """The project's server on one file: its loads at each concurrency."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = server_command(path, backend, port, work, args, batching)
+    return serve_and_load(command, f"{base}/ready", base, images, args.requests, concurrency)
+
+
+def prob_diff(a: dict, b: dict) -> float | None:
+    """Largest |P(PNEUMONIA)| difference over the images both runs answered."""
+    shared = sorted(set(a) & set(b))
+    return round(max(abs(a[i] - b[i]) for i in shared), 6) if shared else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--ckpt", default=None, help="a trained checkpoint (default: reference, random weights)"
+    )
+    parser.add_argument("--backends", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--images", type=int, default=64, help="distinct real images, cycled")
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-wait-ms", type=float, default=5)
+    parser.add_argument("--images", type=int, default=64, help="distinct real test images, cycled")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the torch backend's")
+    parser.add_argument(
+        "--batching", default="16:5", help="max_batch_size:max_wait_ms of the project's server"
+    )
+    parser.add_argument("--sweep-batching", nargs="*", default=[], help="max_batch_size:max_wait_ms pairs")
+    parser.add_argument("--calibration", type=int, default=64, help="training images calibrating int8")
+    parser.add_argument("--calibration-method", default="minmax")
+    parser.add_argument("--keep-fp32", nargs="*", default=[], help="op types the int8 copy leaves in fp32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backbone", default="resnet152")
     parser.add_argument("--skip-baseline", action="store_true")
@@ -147,41 +216,63 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="serve_bench_"))
-    ckpt = reference_checkpoint(work / "reference.ckpt", args.backbone)
+    ckpt = Path(args.ckpt) if args.ckpt else reference_checkpoint(work / "reference.ckpt", args.backbone)
+    files = model_files(ckpt, work, args.calibration, args.calibration_method, tuple(args.keep_fp32))
     paths = [path for path, _ in kermany_sample(args.images, "test")]
     images = [path.read_bytes() for path in paths]
+    top = max(args.concurrency)
+    result = {"benchmark": "serve", "settings": vars(args), "machine": machine(), "checkpoint": str(ckpt)}
 
-    port = free_port()
-    project_cmd = [sys.executable, "src/serve.py", f"ckpt_path={ckpt}", f"port={port}", "host=127.0.0.1"]
-    project_cmd += [f"precision={args.precision}", f"device={args.device}", f"hydra.run.dir={work / 'run'}"]
-    project_cmd += [
-        f"batching.max_batch_size={args.max_batch_size}",
-        f"batching.max_wait_ms={args.max_wait_ms}",
-    ]
-    project_cmd += ["batching.max_queue=256", "extras.print_config=false"]
-    base = f"http://127.0.0.1:{port}"
-    result = {"benchmark": "serve", "settings": vars(args), "machine": machine()}
-    result["project"] = serve_and_load(project_cmd, f"{base}/ready", base, images, args)
-    result["offline_batched_predictor"] = offline(ckpt, paths, args.precision, args.max_batch_size, 2)
+    if args.sweep_batching:
+        backend, file = VARIANTS[args.backends[0]]
+        result["batching_sweep"] = {
+            "variant": args.backends[0],
+            "concurrency": top,
+            "runs": {
+                pair: served(files[file], backend, work, images, args, pair, [top])[f"c{top}"]
+                for pair in args.sweep_batching
+            },
+        }
+        for run in result["batching_sweep"]["runs"].values():
+            run.pop("probabilities")
+
     if not args.skip_baseline:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        baseline_cmd = [sys.executable, "benchmarks/baseline_server.py", str(ckpt), str(port), args.device]
-        result["baseline"] = serve_and_load(baseline_cmd, f"{base}/docs", base, images, args)
+        command = [sys.executable, "benchmarks/baseline_server.py", str(ckpt), str(port), args.device]
+        result["baseline"] = serve_and_load(
+            command, f"{base}/docs", base, images, args.requests, args.concurrency
+        )
 
-    top = f"c{max(args.concurrency)}"
-    project, offline_rate = result["project"][top], result["offline_batched_predictor"]["images_per_s"]
-    result["fraction_of_offline"] = round(project["throughput_rps"] / offline_rate, 3)
-    if "baseline" in result:
-        baseline = result["baseline"][top]
-        result["speedup"] = round(project["throughput_rps"] / baseline["throughput_rps"], 2)
-        shared = sorted(set(project["probabilities"]) & set(baseline["probabilities"]))
-        diffs = [abs(project["probabilities"][i] - baseline["probabilities"][i]) for i in shared]
-        result["max_abs_prob_diff_vs_baseline"] = round(max(diffs), 5) if diffs else None
-    for side in ("project", "baseline"):
-        for run in result.get(side, {}).values():
-            if isinstance(run, dict):
-                run.pop("probabilities", None)
+    result["variants"] = {}
+    for variant in args.backends:
+        backend, file = VARIANTS[variant]
+        runs = served(files[file], backend, work, images, args, args.batching, args.concurrency)
+        model = BACKENDS[backend].from_checkpoint(files[file], operating_point="default")
+        if backend == "torch":
+            model.configure(args.precision)
+        batch_size = int(args.batching.split(":")[0])
+        entry = {"server": runs, "offline_batched_predictor": offline(model, paths, batch_size, 2)}
+        entry["fraction_of_offline"] = round(
+            runs[f"c{top}"]["throughput_rps"] / entry["offline_batched_predictor"]["images_per_s"], 3
+        )
+        if "baseline" in result:
+            baseline = result["baseline"]
+            entry["speedup_vs_baseline"] = {
+                f"c{c}": round(runs[f"c{c}"]["throughput_rps"] / baseline[f"c{c}"]["throughput_rps"], 2)
+                for c in args.concurrency
+            }
+            entry["p95_c1_ms_vs_baseline"] = (
+                [runs["c1"]["latency_ms_p95"], baseline["c1"]["latency_ms_p95"]] if "c1" in runs else None
+            )
+            entry["max_abs_prob_diff_vs_baseline"] = prob_diff(
+                runs[f"c{top}"]["probabilities"], baseline[f"c{top}"]["probabilities"]
+            )
+        result["variants"][variant] = entry
+    servers = [result.get("baseline", {}), *(entry["server"] for entry in result["variants"].values())]
+    for run in (run for server in servers for run in server.values()):
+        if isinstance(run, dict):
+            run.pop("probabilities", None)
     emit(result, args.out)
 
 

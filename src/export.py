@@ -41,7 +41,13 @@ def quantize(model: InferenceModel, exported: OnnxModel, cfg: DictConfig) -> dic
         raise ValueError("quantize=int8 needs calibration=<folder, image or CSV of training images>")
     images = list_inputs(cfg.calibration)[: cfg.calibration_count]
     inputs = np.stack([exported.prepare(image)[0] for image in images])  # decoded once, for both sides
-    output = quantize_int8(exported, inputs, exported.path.with_suffix(".int8.onnx"))
+    output = quantize_int8(
+        exported,
+        inputs,
+        exported.path.with_suffix(".int8.onnx"),
+        cfg.calibration_method,
+        tuple(cfg.keep_fp32),
+    )
     expected = model.predict_proba(torch.from_numpy(inputs)).numpy()
     got = OnnxModel(output).predict_proba(inputs)
     diff = float(np.abs(got - expected).max())

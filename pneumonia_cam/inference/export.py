@@ -21,7 +21,13 @@ import numpy as np
 import onnx
 import torch
 from albumentations.pytorch import ToTensorV2
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
@@ -190,15 +196,35 @@ class Calibration(CalibrationDataReader):
         return None if row is None else {"image": row[None]}
 
 
-def quantize_int8(source: OnnxModel, inputs: np.ndarray, output: str | os.PathLike) -> Path:
+# how activation ranges are read off the calibration images (ONNX Runtime's calibrators)
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+def quantize_int8(
+    source: OnnxModel,
+    inputs: np.ndarray,
+    output: str | os.PathLike,
+    method: str = "minmax",
+    keep_fp32: tuple[str, ...] = (),
+) -> Path:
     """A static int8 (QDQ, per-channel weights) copy of an exported file, calibrated on `inputs`.
 
-    `inputs` are model-ready (N x 3 x H x W, `source.prepare` of training images); the metadata is carried
-    over with the calibration recorded, so OnnxModel and the server load the result like the fp32 file.
+    `inputs` are model-ready (N x C x H x W, `source.prepare` of training images); `method` picks how
+    activation ranges are calibrated and `keep_fp32` lists op types whose weights stay float (e.g. the head's
+    Gemm and the CAM's Einsum). The metadata is carried over with these settings recorded, so OnnxModel and
+    the server load the result like the fp32 file and can say how it was made.
     """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {method!r}; choose one of {sorted(CALIBRATION_METHODS)}")
     output = Path(output)
     staged = output.with_suffix(".pre.onnx")
     quant_pre_process(str(source.path), str(staged))
+    graph = onnx.load(str(staged)).graph
+    excluded = [node.name for node in graph.node if node.op_type in keep_fp32]
     quantize_static(
         str(staged),
         str(output),
@@ -207,7 +233,14 @@ def quantize_int8(source: OnnxModel, inputs: np.ndarray, output: str | os.PathLi
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        calibrate_method=CALIBRATION_METHODS[method],
+        nodes_to_exclude=excluded,
     )
     staged.unlink()
-    quantization = {"type": "int8 static QDQ, per-channel weights", "calibration_images": len(inputs)}
+    quantization = {
+        "type": "int8 static QDQ, per-channel weights",
+        "calibration_images": len(inputs),
+        "calibration_method": method,
+        "fp32_op_types": sorted(keep_fp32),
+    }
     return write_metadata(output, {**source.metadata, "quantization": quantization})

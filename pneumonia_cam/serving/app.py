@@ -163,6 +163,8 @@ class ModelServer:
             "temperature": point.temperature,
             "positive_class": model.positive_name,
             "model": {k: v for k, v in model.info.as_dict().items() if k != "checkpoint"},
+            "backend": model.backend,
+            "precision": model.precision,
             "input": {
                 "format": header.format,
                 "width": header.width,

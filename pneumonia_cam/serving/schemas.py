@@ -69,6 +69,10 @@ class Prediction(BaseModel):
     temperature: float
     positive_class: str
     model: ModelRef
+    backend: Literal["torch", "onnxruntime"] = Field(description="What ran the network for this answer")
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        description="The precision that answered: fp32 | bf16 (torch), fp32 | int8 (an int8 ONNX copy)"
+    )
     input: InputFacts
     timing_ms: Timing
     cam: CamOutput | None = None
