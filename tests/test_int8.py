@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from helpers import ROOT, compose_config, softened_copy, wait_ready
 from hydra.core.global_hydra import GlobalHydra
 
-from pneumonia_cam.inference.export import export_onnx, quantize_int8
+from pneumonia_cam.inference.export import export_onnx, fp32_nodes, quantize_int8
 from pneumonia_cam.inference.model import InferenceModel
 from pneumonia_cam.runtime.onnx import OnnxModel
 from pneumonia_cam.serving.app import create_app
@@ -73,12 +73,36 @@ def test_int8_copy_quantizes_convs_and_keeps_named_op_types_fp32(exported, calib
         "type": "int8 static QDQ, per-channel weights",
         "calibration_images": 16,
         "calibration_method": "minmax",
-        "fp32_op_types": [],
+        "fp32": [],
     }
     meta = OnnxModel(kept).metadata["quantization"]
-    assert (meta["calibration_method"], meta["fp32_op_types"]) == ("percentile", ["Einsum", "Gemm"])
+    assert (meta["calibration_method"], meta["fp32"]) == ("percentile", ["Einsum", "Gemm"])
     with pytest.raises(ValueError, match="calibration method 'kmeans'; choose one of"):
         quantize_int8(exported, calibration, tmp_path / "bad.int8.onnx", "kmeans")
+
+
+def test_fp32_nodes_by_op_type_depthwise_and_module_path():
+    """What keep_fp32 names: an op type, grouped convs (`depthwise`), or every node under a module path."""
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Conv", ["x", "w"], ["a"], name="/features/stem/conv", group=1),
+            onnx.helper.make_node("Conv", ["a", "w2"], ["b"], name="/features/stage1/dw", group=8),
+            onnx.helper.make_node("Conv", ["b", "w3"], ["c"], name="/features/stage1/pw"),
+            onnx.helper.make_node("Gemm", ["c", "w4"], ["y"], name="/fc/Gemm"),
+        ],
+        "g",
+        [],
+        [],
+    )
+    assert fp32_nodes(graph, ()) == []
+    assert fp32_nodes(graph, ("depthwise",)) == ["/features/stage1/dw"]
+    assert fp32_nodes(graph, ("/features/stem/", "Gemm")) == ["/features/stem/conv", "/fc/Gemm"]
+    assert fp32_nodes(graph, ("/features/stage1/",)) == ["/features/stage1/dw", "/features/stage1/pw"]
+    assert fp32_nodes(graph, ("Conv",)) == [
+        "/features/stem/conv",
+        "/features/stage1/dw",
+        "/features/stage1/pw",
+    ]
 
 
 def test_server_says_which_precision_answered(exported, calibration, tmp_path):

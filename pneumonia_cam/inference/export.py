@@ -204,6 +204,22 @@ CALIBRATION_METHODS = {
 }
 
 
+def fp32_nodes(graph: onnx.GraphProto, keep: tuple[str, ...]) -> list[str]:
+    """Names of the nodes `keep` leaves in float: an op type (Gemm), `depthwise` (grouped Convs), or a
+    node-name prefix starting with "/" (a module path of the export, e.g. /features/stem/)."""
+
+    def kept(node: onnx.NodeProto) -> bool:
+        grouped = node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+        return any(
+            node.name.startswith(entry)
+            if entry.startswith("/")
+            else (entry == "depthwise" and grouped) or node.op_type == entry
+            for entry in keep
+        )
+
+    return [node.name for node in graph.node if kept(node)]
+
+
 def quantize_int8(
     source: OnnxModel,
     inputs: np.ndarray,
@@ -214,17 +230,16 @@ def quantize_int8(
     """A static int8 (QDQ, per-channel weights) copy of an exported file, calibrated on `inputs`.
 
     `inputs` are model-ready (N x C x H x W, `source.prepare` of training images); `method` picks how
-    activation ranges are calibrated and `keep_fp32` lists op types whose weights stay float (e.g. the head's
-    Gemm and the CAM's Einsum). The metadata is carried over with these settings recorded, so OnnxModel and
-    the server load the result like the fp32 file and can say how it was made.
+    activation ranges are calibrated and `keep_fp32` what stays float (see `fp32_nodes`: op types such as the
+    head's Gemm, `depthwise` convs, module paths such as /features/stem/). The metadata records these
+    settings, so OnnxModel and the server load the result like the fp32 file and can say how it was made.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method {method!r}; choose one of {sorted(CALIBRATION_METHODS)}")
     output = Path(output)
     staged = output.with_suffix(".pre.onnx")
     quant_pre_process(str(source.path), str(staged))
-    graph = onnx.load(str(staged)).graph
-    excluded = [node.name for node in graph.node if node.op_type in keep_fp32]
+    excluded = fp32_nodes(onnx.load(str(staged)).graph, keep_fp32)
     quantize_static(
         str(staged),
         str(output),
@@ -241,6 +256,6 @@ def quantize_int8(
         "type": "int8 static QDQ, per-channel weights",
         "calibration_images": len(inputs),
         "calibration_method": method,
-        "fp32_op_types": sorted(keep_fp32),
+        "fp32": sorted(keep_fp32),
     }
     return write_metadata(output, {**source.metadata, "quantization": quantization})
