@@ -12,10 +12,29 @@ rootutils.setup_root(__file__, indicator="pyproject.toml", pythonpath=True)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+
+def threads_per_worker() -> int | None:
+    """Under pytest-xdist, this machine's cores shared out among the workers (at least 1); else None."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // int(workers))
+
+
+# set before torch is imported, and inherited by the entry points a test runs: 2 workers on 2 cores would
+# otherwise each start 2 intra-op threads and fight over the cores
+if (THREADS := threads_per_worker()) is not None:
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(THREADS))
+
+import torch  # noqa: E402
 from helpers import compose_config  # noqa: E402
 
 import pneumonia_cam.models  # noqa: E402  (registers the weights_input resolver)
 import pneumonia_cam.utils  # noqa: E402,F401  (registers the config resolvers)
+
+if THREADS is not None:
+    torch.set_num_threads(THREADS)  # also where a plugin imported torch before this file
 
 
 @pytest.fixture(scope="session", autouse=True)
