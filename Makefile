@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create or refresh .venv from pyproject.toml
 
 test: $(STAMP) ## Run the whole test suite
-	$(BIN)/pytest tests -n 2 --dist loadfile
+	$(BIN)/pytest tests
 
 test-fast: $(STAMP) ## Run the tests that spawn no subprocess
-	$(BIN)/pytest tests -n 2 --dist loadfile -m "not slow"
+	$(BIN)/pytest tests -m "not slow"
 
 train: $(STAMP) ## Train with the defaults; pass Hydra overrides as ARGS="..."
 	$(BIN)/python src/train.py $(ARGS)
