@@ -53,7 +53,7 @@ def images_per_s(model: OnnxModel, inputs: np.ndarray, repeats: int = 3) -> floa
     return round(16 * repeats / (time.perf_counter() - start), 1)
 
 
-def test_split() -> tuple[list[Path], np.ndarray]:
+def official_test_split() -> tuple[list[Path], np.ndarray]:
     """Every official test image with its label (0 NORMAL, 1 PNEUMONIA), in a fixed order."""
     pairs = [
         (path, label)
@@ -121,7 +121,7 @@ def main() -> None:
         candidates[name].pop("disagreeing_fp32_p")
     chosen = min(candidates, key=lambda n: candidates[n]["mean_abs_dp"])
 
-    paths, labels = test_split()
+    paths, labels = official_test_split()
     inputs = np.stack([fp32.prepare(path)[0] for path in paths])
     p_fp32 = positive_probs(fp32, inputs)
     p_int8 = positive_probs(OnnxModel(files[chosen], args.threads), inputs)
