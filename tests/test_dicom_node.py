@@ -248,6 +248,7 @@ class FlakyDestination:
 
 def test_sender_retries_with_backoff_until_acknowledged(tmp_path):
     """3 failures, then success: waits of 0.1, 0.2, 0.4 s (doubling), each result delivered once."""
+    require_samples()
     outbox = DurableFolder(tmp_path / "outbox")
     uids = [f"1.2.826.0.1.{i}" for i in range(3)]
     for uid in uids:
