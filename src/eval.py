@@ -22,7 +22,8 @@ from pneumonia_cam.evaluation.operating_point import json_ready, save_operating_
 from pneumonia_cam.evaluation.publish import publish  # noqa: E402
 from pneumonia_cam.inference.ensemble import check_members  # noqa: E402
 from pneumonia_cam.inference.localisation import cam_localisation  # noqa: E402
-from pneumonia_cam.inference.model import InferenceModel, PredictionModule, tta_options  # noqa: E402
+from pneumonia_cam.inference.model import InferenceModel, tta_options  # noqa: E402
+from pneumonia_cam.inference.prediction_module import PredictionModule  # noqa: E402
 from pneumonia_cam.inference.shortcut import cam_border_mass  # noqa: E402
 from pneumonia_cam.utils import RankedLogger, extras, instantiate_loggers, log_hyperparameters, task_wrapper  # noqa: E402
 from pneumonia_cam.utils.logging_utils import link_checkpoints  # noqa: E402

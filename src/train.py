@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import StochasticWeightAveraging  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from pneumonia_cam.callbacks.run_config import RunConfigInCheckpoint  # noqa: E402
 from pneumonia_cam.evaluation.training_curves import write_training_curves  # noqa: E402
 from pneumonia_cam.inference.ensemble import load_teacher  # noqa: E402
 from pneumonia_cam.utils import (  # noqa: E402
@@ -28,7 +29,6 @@ from pneumonia_cam.utils import (  # noqa: E402
     task_wrapper,
 )
 from pneumonia_cam.utils.reproducible import apply_reproducible  # noqa: E402
-from pneumonia_cam.utils.run_config import RunConfigInCheckpoint  # noqa: E402
 
 log = RankedLogger(__name__, rank_zero_only=True)
 

@@ -3,7 +3,9 @@
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -27,10 +29,47 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
 
 def run_entry_point(script: str, overrides: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python src/<script> <overrides>` from the project root and capture its output."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    env.pop("WANDB_API_KEY", None)
-    command = [sys.executable, str(ROOT / "src" / script), *overrides]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_commands([entry_point_command(script, overrides)], timeout=timeout)[0]
+
+
+def entry_point_command(script: str, overrides: list[str]) -> list[str]:
+    """`python src/<script> <overrides>` as an argument list."""
+    return [sys.executable, str(ROOT / "src" / script), *overrides]
+
+
+def run_commands(
+    commands: list[list[str]], timeout: float = 600, env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess]:
+    """Run independent commands at once from the project root (their start-up, mostly one core each, overlaps
+    on a 2-core machine) and capture each one's output; output goes to files, so no full pipe blocks a run."""
+    if env is None:
+        env = {
+            **os.environ,
+            "NO_ALBUMENTATIONS_UPDATE": "1",
+            "WANDB_MODE": "offline",
+            "HYDRA_FULL_ERROR": "1",
+        }
+        env.pop("WANDB_API_KEY", None)
+    with ExitStack() as stack:
+        running = []
+        for command in commands:
+            out, err = (stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            running.append(
+                (command, subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err), out, err)
+            )
+        deadline = time.monotonic() + timeout
+        results = []
+        for command, process, out, err in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for _, other, _, _ in running:
+                    other.kill()
+                raise
+            out.seek(0)
+            err.seek(0)
+            results.append(subprocess.CompletedProcess(command, process.returncode, out.read(), err.read()))
+    return results
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:

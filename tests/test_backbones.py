@@ -20,6 +20,7 @@ def _empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("name", "size", "channels", "side"),
     [
+        ("resnet10", 64, 512, 2),
         ("resnet18", 64, 512, 2),
         ("resnet50", 64, 2048, 2),
         ("resnet152", 32, 2048, 1),
@@ -33,7 +34,7 @@ def test_feature_map_shapes(name: str, size: int, channels: int, side: int) -> N
     assert maps.shape == (2, channels, side, side)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet50"])
 def test_resnet_exposes_named_layer4(name: str) -> None:
     features, _, _ = build_backbone(name, weights=None)
     assert [child for child, _ in features.named_children()][-1] == "layer4"
@@ -50,6 +51,18 @@ def test_densenet_ends_with_relu_like_torchvision() -> None:
 def test_unknown_backbone_lists_choices() -> None:
     with pytest.raises(ValueError, match="resnet152"):
         build_backbone("vgg16", weights=None)
+
+
+def test_resnet10_is_one_basic_block_per_stage_with_no_published_weights() -> None:
+    """The smoke network: ResNet-18's stages, one block each (4.9 M parameters); no weights by name."""
+    features, _, _ = build_backbone("resnet10", weights=None)
+    assert [len(getattr(features, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+    # stem 9,536 + layer1 73,984 + layer2 230,144 + layer3 919,040 + layer4 3,673,088 (conv, BN, downsample)
+    assert sum(p.numel() for p in features.parameters()) == 4_905_792
+    with pytest.raises(
+        ValueError, match=r"resnet10 has no published weights; use model\.weights=null or a file"
+    ):
+        build_backbone("resnet10", weights="IMAGENET1K_V1")
 
 
 def test_unknown_weights_name_lists_choices() -> None:

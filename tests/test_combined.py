@@ -171,7 +171,7 @@ def test_ensemble_file_loads_as_one_model(ensemble_file, tmp_path):
     grid = model.explain_batch([image], target_class=1).grids[0]
     member_grids = [m.explain_batch([image], target_class=1).grids[0] for m in members]
     torch.testing.assert_close(grid, torch.stack(member_grids).mean(0), atol=1e-5, rtol=1e-5)
-    assert model.info.backbone == "resnet18+resnet18"
+    assert model.info.backbone == "resnet10+resnet10"
     with pytest.raises(ValueError, match="gradcam"):
         model.check_cam("gradcam", "layer4")
     with pytest.raises(ValueError, match="layer3"):
@@ -249,4 +249,4 @@ def test_ensemble_cli(smoke_checkpoint, tmp_path):
         [f"members=[{smoke_checkpoint},{second}]", f"output={out}", f"hydra.run.dir={tmp_path}"],
     )
     assert_ok(result)
-    assert InferenceModel.from_checkpoint(out).info.backbone == "resnet18+resnet18"
+    assert InferenceModel.from_checkpoint(out).info.backbone == "resnet10+resnet10"

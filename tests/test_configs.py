@@ -113,6 +113,6 @@ def test_other_entry_point_configs_compose(config, overrides):
     cfg = compose_config(config, overrides)
     assert cfg.task_name == config.removesuffix(".yaml")
     if config == "cross_validate.yaml":
-        assert cfg.folds == 3 and cfg.model.backbone == "resnet18"
+        assert cfg.folds == 3 and cfg.model.backbone == "resnet10"
     if config == "predict.yaml":
         assert cfg.precision == "bf16" and cfg.cam.method == "gradcam"

@@ -114,7 +114,7 @@ def test_train_distils_from_a_checkpoint(cfg_train, smoke_checkpoint):
     best = objects["trainer"].checkpoint_callback.best_model_path
     state = torch.load(best, map_location="cpu", weights_only=True)
     assert set(state["state_dict"]) == set(
-        PneumoniaClassifier(backbone="resnet18", weights=None).state_dict()
+        PneumoniaClassifier(backbone="resnet10", weights=None).state_dict()
     )
     assert state["hyper_parameters"]["distill_alpha"] == 0.8
     assert load_run_config(best).model.teacher == str(smoke_checkpoint)

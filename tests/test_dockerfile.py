@@ -92,6 +92,7 @@ def test_dockerignore_keeps_the_context_small():
     assert {".venv", "logs", "data", ".git", "*.ckpt", "wandb"} <= ignored
 
 
+@pytest.mark.slow
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(ROOT / ".venv" / "bin" / "hadolint")
     if not shutil.which(hadolint):

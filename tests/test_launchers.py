@@ -194,7 +194,8 @@ def test_submitit_local_jobs_return_their_metric(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_optuna_sweep_resumes_from_sqlite(tmp_path, data_dir):
-    """Rerunning the same search continues the stored study: 2 + 2 trials, the first two untouched."""
+    """Rerunning the same search continues the stored study: 2 + 2 trials, the first two untouched, and the
+    sweeper reports the best value of the monitored metric over all four."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
 
@@ -236,3 +237,8 @@ def test_optuna_sweep_resumes_from_sqlite(tmp_path, data_dir):
         assert trial.value == pytest.approx(best_logged(job_dir), rel=1e-6)
         overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
         assert f"model.optimizer.lr={trial.params['model.optimizer.lr']}" in overrides
+    # the sweeper's report: the study's best over both sweeps
+    results = yaml.safe_load((second_dir / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert results["best_value"] == pytest.approx(min(t.value for t in trials), rel=1e-6)
+    assert results["best_value"] == pytest.approx(min(map(best_logged, job_dirs_in_order)), rel=1e-5)

@@ -6,40 +6,41 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, assert_ok, run_entry_point
+from helpers import ROOT, assert_ok, entry_point_command, run_commands
 
 from pneumonia_cam.utils.run_config import load_run_config
 
 
-def train_once(run_dir: Path, data_dir: Path) -> Path:
-    """Two epochs of the smoke experiment asking for bf16, in reproducible mode; its last checkpoint."""
-    result = run_entry_point(
-        "train.py",
-        [
-            "experiment=smoke",
-            "reproducible.enabled=true",
-            "reproducible.threads=1",
-            "trainer.precision=bf16-mixed",
-            "trainer.max_epochs=2",
-            "test=false",
-            f"paths.data_dir={data_dir}",
-            f"hydra.run.dir={run_dir}",
-            "extras.print_config=false",
-            "extras.enforce_tags=false",
-            "callbacks.rich_progress_bar=null",
-        ],
-    )
-    assert_ok(result)
-    assert (
-        "Reproducible mode: fp32, deterministic algorithms, 1 intra-op threads"
-        in result.stdout + result.stderr
-    )
-    return run_dir / "checkpoints" / "last.ckpt"
+def train_overrides(run_dir: Path, data_dir: Path) -> list[str]:
+    """Two epochs of the smoke experiment asking for bf16, in reproducible mode, in `run_dir`."""
+    return [
+        "experiment=smoke",
+        "reproducible.enabled=true",
+        "reproducible.threads=1",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=2",
+        "test=false",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "extras.print_config=false",
+        "extras.enforce_tags=false",
+        "callbacks.rich_progress_bar=null",
+    ]
 
 
 @pytest.mark.slow
 def test_reproducible_mode_forces_fp32_and_repeats_bitwise(tmp_path, data_dir):
-    first, second = (train_once(tmp_path / name, data_dir) for name in ("a", "b"))
+    """Two runs of one command, at once (one thread each): fp32 despite bf16 asked, bitwise equal weights."""
+    runs = [tmp_path / name for name in ("a", "b")]
+    for result in run_commands(
+        [entry_point_command("train.py", train_overrides(run, data_dir)) for run in runs]
+    ):
+        assert_ok(result)
+        assert (
+            "Reproducible mode: fp32, deterministic algorithms, 1 intra-op threads"
+            in result.stdout + result.stderr
+        )
+    first, second = (run / "checkpoints" / "last.ckpt" for run in runs)
     assert load_run_config(first).trainer.precision == "32-true"  # bf16 was asked for and overridden
     weights = [
         torch.load(path, map_location="cpu", weights_only=True)["state_dict"] for path in (first, second)
@@ -51,6 +52,7 @@ def test_reproducible_mode_forces_fp32_and_repeats_bitwise(tmp_path, data_dir):
     assert trained  # the weights compared include ones that trained
 
 
+@pytest.mark.slow
 def test_apply_reproducible_sets_torch_state():
     """In a fresh process: deterministic algorithms on, threads pinned, config forced to fp32."""
     code = (

@@ -92,6 +92,7 @@ def test_resolve_ckpt_path(tmp_path):
     assert resolve_ckpt_path(None, str(tmp_path)) is None
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_final_epoch_not_the_best(cfg_train):
     """Best stays at epoch 0 (monitor `epoch`, mode min never improves): last.ckpt still holds epoch 3."""
     configure(
@@ -258,32 +259,39 @@ def test_sigusr1_subprocess_exits_cleanly_and_rerun_resumes(tmp_path, data_dir):
         f"+callbacks.signal_probe.marker={marker}",
     ]
     command = train_command(run_dir, data_dir, *probe)
-    with subprocess.Popen(
-        command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    ) as proc:
-        deadline = time.monotonic() + 70
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), proc.kill() or proc.stdout.read().decode()[-4000:]
-        proc.send_signal(signal.SIGUSR1)
-        output = proc.communicate(timeout=60)[0].decode()
-    assert proc.returncode == 0, output[-4000:]
-    last = load(run_dir / "checkpoints" / "last.ckpt")
-    assert (last["global_step"], last["epoch"]) == (6, 1), output[-2000:]
-
-    # the very same command, as a requeued job runs it
-    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=80)
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert marker.with_suffix(".starts").read_text().split() == ["0", "6"]
-    final = load(run_dir / "checkpoints" / "last.ckpt")
-    assert (final["global_step"], final["epoch"]) == (4 * STEPS_PER_EPOCH, 3)
-
-    # and ends where the same command, never interrupted, ends
+    # the uninterrupted reference run goes on beside the interrupted one: independent, so it overlaps
     straight_dir = tmp_path / "straight"
-    straight = subprocess.run(
-        train_command(straight_dir, data_dir), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
-    )
-    assert straight.returncode == 0, straight.stderr[-4000:]
-    reference = load(straight_dir / "checkpoints" / "last.ckpt")["state_dict"]
-    for key, value in reference.items():
-        assert torch.equal(value, final["state_dict"][key]), key
+    straight_log = tmp_path / "straight.log"
+    with straight_log.open("w") as log:
+        straight = subprocess.Popen(
+            train_command(straight_dir, data_dir), cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        with subprocess.Popen(
+            command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc:
+            deadline = time.monotonic() + 70
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert marker.exists(), proc.kill() or proc.stdout.read().decode()[-4000:]
+            proc.send_signal(signal.SIGUSR1)
+            output = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 0, output[-4000:]
+        last = load(run_dir / "checkpoints" / "last.ckpt")
+        assert (last["global_step"], last["epoch"]) == (6, 1), output[-2000:]
+
+        # the very same command, as a requeued job runs it
+        rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=80)
+        assert rerun.returncode == 0, rerun.stderr[-4000:]
+        assert marker.with_suffix(".starts").read_text().split() == ["0", "6"]
+        final = load(run_dir / "checkpoints" / "last.ckpt")
+        assert (final["global_step"], final["epoch"]) == (4 * STEPS_PER_EPOCH, 3)
+
+        # and ends where the same command, never interrupted, ends
+        assert straight.wait(timeout=120) == 0, straight_log.read_text()[-4000:]
+        reference = load(straight_dir / "checkpoints" / "last.ckpt")["state_dict"]
+        for key, value in reference.items():
+            assert torch.equal(value, final["state_dict"][key]), key
+    finally:
+        straight.kill()  # a no-op once it has exited
+        straight.wait()

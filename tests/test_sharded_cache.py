@@ -25,6 +25,7 @@ from pneumonia_cam.data.image_cache import ImageCache
 from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 
+pytestmark = pytest.mark.slow  # the caches fixture spawns 2 gloo ranks
 SIZE = 32
 N_IMAGES = 10
 BATCH = 3  # 4 batches (the last one partial): rank 0 extracts rows 0-5, rank 1 rows 6-9
@@ -47,7 +48,7 @@ def build_caches(root: Path, ranks: Ranks) -> list[int]:
     Returns how many images this process sent through the backbone.
     """
     torch.manual_seed(0)
-    net = ChestXrayNet("resnet18", None)
+    net = ChestXrayNet("resnet10", None)
     calls = [0]
     net.features.register_forward_hook(lambda _m, inputs, _o: calls.__setitem__(0, calls[0] + len(inputs[0])))
     config = FeatureCacheConfig(enabled=True, dir=str(root / "features"), precision="fp32", batch_size=BATCH)
@@ -61,8 +62,10 @@ def build_caches(root: Path, ranks: Ranks) -> list[int]:
     return calls[0]
 
 
-def _rank_main(rank: int, world: int, root: Path) -> None:
-    """One DDP rank: a real gloo process group, its barrier, then the same calls as one process."""
+def _rank_main(rank: int, world: int, root: Path, threads: int) -> None:
+    """One DDP rank: a real gloo process group, its barrier, then the same calls as one process (with its
+    intra-op thread count, on which the float kernels' bits depend: under pytest-xdist a worker has 1)."""
+    torch.set_num_threads(threads)
     dist.init_process_group(
         "gloo", init_method=f"file://{root.parent / 'rendezvous'}", rank=rank, world_size=world
     )
@@ -88,7 +91,7 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[i
     single, sharded = base / "single", base / "sharded"
     sharded.mkdir()
     single_calls = build_caches(single, ONE_PROCESS)
-    mp.spawn(_rank_main, args=(2, sharded), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, sharded, torch.get_num_threads()), nprocs=2, join=True)
     rank_calls = [json.loads((sharded / f"calls-{rank}.json").read_text()) for rank in range(2)]
     return single, sharded, rank_calls, single_calls
 
@@ -161,7 +164,7 @@ def test_world_size_one_writes_todays_files(caches, monkeypatch):
     assert set(meta) == {"split", "format", "shape", "created"} and meta["shape"] == [2, 5, 3]
 
     torch.manual_seed(0)
-    net = ChestXrayNet("resnet18", None)
+    net = ChestXrayNet("resnet10", None)
     config = FeatureCacheConfig(
         enabled=True, dir=str(single / "features"), precision="fp32", batch_size=BATCH
     )
@@ -231,7 +234,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*.*")}
 
 
-@pytest.mark.slow
 def test_extract_features_fills_the_cache_that_train_reuses(tmp_path, data_dir, monkeypatch):
     """extract_features.py on 2 DDP ranks writes every split's cache; train.py then writes none."""
     ddp = tmp_path / "ddp"

@@ -28,6 +28,7 @@ def swa_config(tmp_path, data_dir):
     return cfg
 
 
+@pytest.mark.slow
 def test_swa_checkpoint_is_the_mean_of_the_epochs(tmp_path, data_dir):
     """Lightning averages the weights at the start of epochs 1 and 2 (= after epochs 0 and 1), then spends one
     extra epoch recomputing BatchNorm statistics: that epoch's checkpoint is what test and eval use."""

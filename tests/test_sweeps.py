@@ -1,4 +1,5 @@
-"""Hydra multirun and DDP, run as a user would: `python src/train.py -m ...` in a subprocess."""
+"""Hydra multirun and DDP, run as a user would: `python src/train.py -m ...` in a subprocess (the W&B
+multirun: test_wandb_tracking; Optuna: test_launchers)."""
 
 import json
 import math
@@ -8,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 from helpers import assert_ok, run_entry_point
 
 from pneumonia_cam.callbacks.seed_summary import best_checkpoint
@@ -16,65 +16,6 @@ from pneumonia_cam.callbacks.seed_summary import best_checkpoint
 pytestmark = pytest.mark.slow
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"]
-
-
-def test_multirun_jobs_get_own_dirs_and_wandb_runs(tmp_path, data_dir):
-    """Two jobs: two run directories, each with its own checkpoint, config and W&B run (never merged)."""
-    sweep_dir = tmp_path / "sweep"
-    result = run_entry_point(
-        "train.py",
-        [
-            "-m",
-            "experiment=smoke",
-            "model.optimizer.lr=0.001,0.0001",
-            "trainer.max_epochs=1",
-            "logger=wandb",
-            f"paths.data_dir={data_dir}",
-            f"hydra.sweep.dir={sweep_dir}",
-            *QUIET,
-        ],
-    )
-    assert_ok(result)
-    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1"]
-    lrs, run_ids = [], []
-    for job in jobs:
-        checkpoint = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-        lrs.append(checkpoint["hyper_parameters"]["optimizer"]["lr"])
-        runs = list((job / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1, f"{job}: expected one offline W&B run, found {runs}"
-        run_ids.append(runs[0].name.rsplit("-", 1)[-1])
-    assert lrs == [0.001, 0.0001]
-    assert run_ids[0] != run_ids[1]
-
-
-def test_optuna_sweep_reports_best_value(tmp_path, data_dir):
-    """The Optuna search runs trials and writes the best value of the monitored metric."""
-    sweep_dir = tmp_path / "optuna"
-    result = run_entry_point(
-        "train.py",
-        [
-            "hparams_search=optuna",
-            "experiment=smoke",
-            "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.sampler.n_startup_trials=2",
-            "trainer.max_epochs=1",
-            "test=false",
-            f"paths.data_dir={data_dir}",
-            f"hydra.sweep.dir={sweep_dir}",
-            *QUIET,
-        ],
-    )
-    assert_ok(result)
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert results["name"] == "optuna"
-    best = results["best_value"]
-    trial_bests = []
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()):
-        metrics = pd.read_csv(next(job.glob("csv/**/metrics.csv")))
-        trial_bests.append(metrics["val/loss_best"].dropna().iloc[-1])
-    assert len(trial_bests) == 2
-    assert best == pytest.approx(min(trial_bests), rel=1e-5)
 
 
 def test_ddp_two_cpu_processes(tmp_path, data_dir):

@@ -137,7 +137,7 @@ def test_viewer_renders_the_servers_answer_in_a_real_browser(
                 # model facts come from GET /v1/model
                 page.wait_for_selector("#model-facts dt:has-text('Backbone')")
                 facts = page.inner_text("#model-facts")
-                assert "resnet18" in facts
+                assert "resnet10" in facts
                 assert sha256[:12] in facts
                 assert "research use only" in page.inner_text("body").lower()
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 import wandb
 from conftest import smoke_config
 from helpers import assert_ok, compose_config, run_entry_point
@@ -334,32 +335,40 @@ def test_one_wandb_group_per_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_jobs_share_one_group_offline(tmp_path, data_dir):
-    """`python src/train.py -m ...` for real: each job's offline W&B run carries the sweep's group."""
+def test_multirun_jobs_get_own_dirs_and_wandb_runs_in_one_group(tmp_path, data_dir):
+    """`python src/train.py -m ...` for real, two jobs: two run directories, each with its own checkpoint,
+    config and offline W&B run (never merged), both runs carrying the sweep's group."""
     sweep_dir = tmp_path / "sweep"
     result = run_entry_point(
         "train.py",
         [
             "-m",
             "experiment=smoke",
-            "seed=1,2",
-            "train=false",
-            "test=false",
+            "model.optimizer.lr=0.001,0.0001",
+            "trainer.max_epochs=1",
             "logger=wandb",
             "extras.print_config=false",
+            "callbacks.rich_progress_bar=null",
+            "trainer.enable_progress_bar=false",
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={sweep_dir}",
         ],
-        timeout=85,
     )
     assert_ok(result)
-    runs = []
-    for job in ("0", "1"):
-        (run_dir,) = (sweep_dir / job / "wandb").glob("offline-run-*")
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    lrs, runs = [], []
+    for job in jobs:
+        checkpoint = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        lrs.append(checkpoint["hyper_parameters"]["optimizer"]["lr"])
+        offline = list((job / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1, f"{job}: expected one offline W&B run, found {offline}"
         (run,) = [
-            record.run for record in wandb_records(run_dir) if record.WhichOneof("record_type") == "run"
+            record.run for record in wandb_records(offline[0]) if record.WhichOneof("record_type") == "run"
         ]
         runs.append((run.run_group, run.job_type, run.run_id))
+        assert offline[0].name.rsplit("-", 1)[-1] == run.run_id
+    assert lrs == [0.001, 0.0001]
     assert runs[0][:2] == runs[1][:2] == ("train-sweep", "train")
     assert runs[0][2] != runs[1][2]
 

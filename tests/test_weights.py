@@ -172,11 +172,11 @@ def test_project_checkpoint_gives_its_deployed_backbone_and_recorded_input(smoke
         else "net.features."
     )
     found = read_weights(smoke_checkpoint)
-    assert found.format == "checkpoint" and found.architecture == "resnet18"
+    assert found.format == "checkpoint" and found.architecture == "resnet10"
     assert found.input.mean == tuple(checkpoint["run_config"]["input"]["mean"])
     for key, value in found.state.items():
         torch.testing.assert_close(value, checkpoint["state_dict"][prefix + key], rtol=0, atol=0)
-    net = ChestXrayNet("resnet18", str(smoke_checkpoint))
+    net = ChestXrayNet("resnet10", str(smoke_checkpoint))
     expected = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     for key, value in net.features.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
@@ -205,7 +205,7 @@ def test_registry_name_for_another_architecture_is_refused() -> None:
 
 
 def test_checkpoint_of_another_backbone_is_refused(smoke_checkpoint: Path) -> None:
-    with pytest.raises(ValueError, match=r"'resnet18'.*model.backbone='resnet50'"):
+    with pytest.raises(ValueError, match=r"'resnet10'.*model.backbone='resnet50'"):
         build_backbone("resnet50", str(smoke_checkpoint))
 
 

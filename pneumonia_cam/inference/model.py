@@ -12,17 +12,14 @@ from typing import Any, Self
 
 import numpy as np
 import torch
-from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia_cam.data.batch_augment import black_level
-from pneumonia_cam.data.feature_cache import FeatureEncoder
 from pneumonia_cam.data.preprocessor import ImageInput, ImagePreprocessor, PreparedImage
 from pneumonia_cam.evaluation.operating_point import OperatingPoint, load_operating_point
 from pneumonia_cam.inference.ensemble import backbone_name, checkpoint_net
 from pneumonia_cam.models.cam import BaseCAM, TargetClass, build_cam, finish_options, postprocess
 from pneumonia_cam.models.combined import CombinedNet, TTANet
-from pneumonia_cam.models.encoder import backbone_encoder
 from pneumonia_cam.models.net import ChestXrayNet
 from pneumonia_cam.models.predictor import Predictor
 from pneumonia_cam.models.weights.formats import recorded_input
@@ -293,22 +290,3 @@ class InferenceModel:
     ) -> np.ndarray:
         """H x W map in [0, 1] at the original image's size (see `explain_with_probs`)."""
         return self.explain([image], target_class, method, **cam_options)[0]
-
-
-class PredictionModule(LightningModule):
-    """Lets a Trainer (devices, the data module's feature cache) run an InferenceModel over whole loaders."""
-
-    def __init__(self, model: InferenceModel) -> None:
-        super().__init__()
-        self.model = model
-        self.net = model.net
-
-    def feature_encoder(self, precision: str) -> FeatureEncoder:
-        """What the data module's feature cache runs (eval on cached features): the model's backbone."""
-        return backbone_encoder(self.net, precision)
-
-    def predict_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Class log-probabilities (T = 1) of images, or of cached pooled features (B x C)."""
-        inputs = batch[0] if isinstance(batch, tuple | list) else batch
-        logits = self.net.head.logits(inputs) if inputs.ndim == 2 else self.model.forward(inputs)[1]
-        return {"log_probs": torch.log_softmax(logits.float(), dim=1)}

@@ -43,6 +43,12 @@ def _torchvision(name: str, cut: Callable[[nn.Module], Stages]) -> Callable[[], 
     return lambda: cut(models.get_model(name, weights=None))
 
 
+def _resnet10() -> Stages:
+    """ResNet-10 (one BasicBlock per stage, as timm's and MONAI's): the smallest ResNet, with the same stages
+    and 512 features as ResNet-18 at under half its cost; no published weights (null or a file)."""
+    return _resnet_stages(models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1]))
+
+
 def _xrv_densenet121() -> Stages:
     """TorchXRayVision's DenseNet-121: torchvision's layout with a one-channel first convolution."""
     model = models.densenet121(weights=None)
@@ -51,6 +57,7 @@ def _xrv_densenet121() -> Stages:
 
 
 BACKBONES: dict[str, Callable[[], Stages]] = {
+    "resnet10": _resnet10,
     **{
         name: _torchvision(name, _resnet_stages)
         for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -84,6 +91,8 @@ def build_backbone(
 
 def _download(name: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
     """Fetch torchvision weights through its cache, failing fast with offline instructions."""
+    if name not in models.list_models():
+        raise ValueError(f"{name} has no published weights; use model.weights=null or a file path")
     enum = models.get_model_weights(name)
     valid = list(enum.__members__)
     if weights not in valid:

@@ -1,9 +1,16 @@
 """Rank-aware logging: in multi-process runs only rank zero speaks unless asked otherwise."""
 
 import logging
+import os
 from collections.abc import Mapping
 
 from lightning_utilities.core.rank_zero import rank_prefixed_message, rank_zero_only
+
+# Lightning sets the process rank on import; the serving path runs without Lightning, so set it the same way
+# (the launchers' environment variables, else 0) where Lightning has not.
+if not hasattr(rank_zero_only, "rank"):
+    _ranks = (os.environ.get(key) for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"))
+    rank_zero_only.rank = int(next((rank for rank in _ranks if rank is not None), 0))
 
 
 class RankedLogger(logging.LoggerAdapter):

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_KEY = "run_config"
@@ -18,22 +17,6 @@ _LEGACY_TARGET = re.compile(r"^src\.(data|models|evaluation|utils|callbacks)\.")
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved run config as plain containers, without Hydra's own `hydra` node."""
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-
-
-class RunConfigInCheckpoint(Callback):
-    """Store the resolved config and the split's hash (plain values only, so `weights_only=True` works)."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.config = plain_config(cfg)
-
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        """Attach the config (and the hash of the split the run trained on) to the checkpoint."""
-        checkpoint[CONFIG_KEY] = self.config
-        split_hash = getattr(trainer.datamodule, "split_hash", None)
-        if split_hash is not None:
-            checkpoint[SPLIT_KEY] = split_hash
 
 
 def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
