@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# 2 workers suit the 2-core CI machine (each gets one torch thread: tests/conftest.py); WORKERS=auto for one per core
+WORKERS ?= 2
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist worksteal)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HYDRA_FULL_ERROR ?= 1
 
@@ -21,11 +24,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create or refresh .venv from pyproject.toml
 
-test: $(STAMP) ## Run the whole test suite
-	$(BIN)/pytest tests
+test: $(STAMP) ## Run the whole test suite on $(WORKERS) pytest-xdist workers (WORKERS=0: serial)
+	$(BIN)/pytest tests $(XDIST)
 
-test-fast: $(STAMP) ## Run the tests that spawn no subprocess
-	$(BIN)/pytest tests -m "not slow"
+test-fast: $(STAMP) ## Run the tests that spawn no subprocess and train at most a few epochs
+	$(BIN)/pytest tests -m "not slow" $(XDIST)
 
 train: $(STAMP) ## Train with the defaults; pass Hydra overrides as ARGS="..."
 	$(BIN)/python src/train.py $(ARGS)

@@ -56,6 +56,7 @@ EXTERNAL_DATA = {
 }
 
 
+@pytest.mark.slow  # full-size networks (ResNet-152, DenseNet-121) at 224 px, one per experiment
 @pytest.mark.parametrize(
     "experiment",
     [
