@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_commands
 
 pytestmark = pytest.mark.slow  # each test runs lint-imports or Python in a subprocess
 
@@ -53,7 +53,5 @@ def test_serving_entry_points_start_without_lightning():
         "assert not loaded, loaded[:5]\n"
         "assert 'pneumonia_cam.inference.model' in sys.modules and 'torch' in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    (result,) = run_commands([[sys.executable, "-c", code]], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,12 +1,11 @@
 """reproducible.enabled=true: fp32, deterministic algorithms and pinned threads, identical run after run."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, assert_ok, entry_point_command, run_commands
+from helpers import assert_ok, entry_point_command, run_commands
 
 from pneumonia_cam.utils.run_config import load_run_config
 
@@ -70,7 +69,5 @@ def test_apply_reproducible_sets_torch_state():
         "off = OmegaConf.create({'reproducible': {'enabled': False, 'threads': 1}, 'trainer': {}})\n"
         "assert not apply_reproducible(off)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    (result,) = run_commands([[sys.executable, "-c", code]], timeout=120)
     assert result.returncode == 0, result.stderr
