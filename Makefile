@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create or refresh .venv from pyproject.toml
 
-test: $(STAMP) ## Run the whole test suite on $(WORKERS) pytest-xdist workers (WORKERS=0: serial)
+test: $(STAMP) ## Run the whole test suite on 2 pytest-xdist workers (WORKERS=auto: one per core, WORKERS=0: serial)
 	$(BIN)/pytest tests $(XDIST)
 
-test-fast: $(STAMP) ## Run the tests that spawn no subprocess and train at most a few epochs
+test-fast: $(STAMP) ## Run the tests not marked slow (no subprocess, a few epochs at most, small networks)
 	$(BIN)/pytest tests -m "not slow" $(XDIST)
 
 train: $(STAMP) ## Train with the defaults; pass Hydra overrides as ARGS="..."
