@@ -64,6 +64,9 @@ step "tools"
 for tool in buildah podman curl python3; do
     command -v "$tool" >/dev/null || refused "$tool is not installed (apt-get install buildah podman curl python3)"
 done
+# without it podman's netavark fails to publish the port with only "netavark: No such file or directory"
+command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] \
+    || refused "iptables is not installed: podman's netavark needs it to publish a port (apt-get install iptables)"
 [ -f "$CKPT" ] || fail "no checkpoint at $CKPT"
 [ -f "$JPEG" ] || fail "no image at $JPEG"
 echo "buildah $(command buildah --version | cut -d' ' -f3), $(command podman --version)"
